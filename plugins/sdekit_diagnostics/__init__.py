@@ -1,0 +1,1 @@
+"""sdekit first-party plugin: diagnostics (being written)."""

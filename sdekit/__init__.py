@@ -1,0 +1,49 @@
+"""sdekit: diffusion-based samplers, score models and Fokker–Planck diagnostics on JAX.
+
+The core defines the interfaces and the plugin machinery; every process, target, score,
+sampler and diagnostic comes from a plugin, first-party ones included.
+"""
+
+import importlib.metadata
+
+from ._compose import check_dims, compose, create
+from ._diagnostic import AbstractDiagnostic
+from ._errors import CompositionError, PluginError, SdekitError, TargetError, UnknownNameError
+from ._mixture import GaussianMixture
+from ._plugins import KINDS, plugin_manager, register_plugin, registry, unregister_plugin
+from ._process import AbstractProcess, gaussian_log_prob, time_grid
+from ._sampler import AbstractSampler, Samples, log_Z_estimate
+from ._score import AbstractController, AbstractScore
+from ._target import AbstractTarget, check_target
+from .hookspecs import hookimpl
+
+__version__ = importlib.metadata.version("sdekit")
+
+__all__ = [
+    "AbstractController",
+    "AbstractDiagnostic",
+    "AbstractProcess",
+    "AbstractSampler",
+    "AbstractScore",
+    "AbstractTarget",
+    "CompositionError",
+    "GaussianMixture",
+    "KINDS",
+    "PluginError",
+    "Samples",
+    "SdekitError",
+    "TargetError",
+    "UnknownNameError",
+    "check_dims",
+    "check_target",
+    "compose",
+    "create",
+    "gaussian_log_prob",
+    "time_grid",
+    "hookimpl",
+    "log_Z_estimate",
+    "plugin_manager",
+    "register_plugin",
+    "registry",
+    "unregister_plugin",
+]

@@ -1,0 +1,47 @@
+"""The hooks a plugin implements. Each receives a `register(name, factory)` callback.
+
+A *factory* is a callable (usually the class itself) that builds the part from keyword
+options. Its signature is its documentation: `sdekit show` prints the options and defaults.
+Factories of scores and samplers may take the composed parts they need as keyword
+arguments named `target`, `process`, `score`, `controller`.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("sdekit")
+hookimpl = pluggy.HookimplMarker("sdekit")
+
+
+@hookspec
+def register_targets(register):
+    """Register unnormalised target densities (`AbstractTarget` factories)."""
+
+
+@hookspec
+def register_processes(register):
+    """Register forward SDEs (`AbstractProcess` factories)."""
+
+
+@hookspec
+def register_scores(register):
+    """Register scores and drifts (`AbstractScore` factories)."""
+
+
+@hookspec
+def register_controllers(register):
+    """Register learnable drift parameterisations (`AbstractController` factories)."""
+
+
+@hookspec
+def register_samplers(register):
+    """Register samplers (`AbstractSampler` factories)."""
+
+
+@hookspec
+def register_diagnostics(register):
+    """Register diagnostics and metrics (`AbstractDiagnostic` factories)."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add click commands to the `sdekit` command group `cli`."""
