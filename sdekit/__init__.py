@@ -15,6 +15,7 @@ from ._process import AbstractProcess, gaussian_log_prob, time_grid
 from ._sampler import AbstractSampler, Samples, log_Z_estimate
 from ._score import AbstractController, AbstractScore
 from ._target import AbstractTarget, check_target
+from ._train import AbstractTrainable, TrainingDiverged, TrainOptions, float_arrays_outside_targets, train
 from .hookspecs import hookimpl
 
 __version__ = importlib.metadata.version("sdekit")
@@ -26,6 +27,10 @@ __all__ = [
     "AbstractSampler",
     "AbstractScore",
     "AbstractTarget",
+    "AbstractTrainable",
+    "TrainOptions",
+    "TrainingDiverged",
+    "train",
     "CompositionError",
     "GaussianMixture",
     "KINDS",
@@ -37,6 +42,7 @@ __all__ = [
     "check_dims",
     "check_target",
     "compose",
+    "float_arrays_outside_targets",
     "create",
     "gaussian_log_prob",
     "time_grid",

@@ -60,14 +60,15 @@ def gaussian_log_prob(x: Array, mean: ArrayLike, std: ScalarLike) -> Scalar:
     return -0.5 * jnp.sum(z**2, axis=-1) - d * jnp.log(std) - 0.5 * d * jnp.log(2 * jnp.pi)
 
 
-SPACINGS = ("uniform", "quadratic", "quadratic-prior")
+SPACINGS = ("uniform", "quadratic", "quadratic-prior", "cosine")
 
 
 def time_grid(process: AbstractProcess, steps: int, spacing: str | None = None) -> Float[Array, " K+1"]:
-    """Forward times from `t_max` down to `t_min`, `steps + 1` of them: the generative grid.
+    r"""Forward times from `t_max` down to `t_min`, `steps + 1` of them: the generative grid.
 
     `spacing`: `"uniform"`; `"quadratic"`, denser near `t_min` (the data end);
-    `"quadratic-prior"`, denser near `t_max` (where generation starts). `None` takes
+    `"quadratic-prior"`, denser near `t_max` (where generation starts); `"cosine"`,
+    $u_k = (1 - \cos(\pi k / K))/2$, denser near both ends. `None` takes
     `process.default_spacing`.
     """
     spacing = process.default_spacing if spacing is None else spacing
@@ -80,4 +81,6 @@ def time_grid(process: AbstractProcess, steps: int, spacing: str | None = None) 
         u = 1 - (1 - u) ** 2
     elif spacing == "quadratic-prior":
         u = u**2
+    elif spacing == "cosine":
+        u = 0.5 * (1 - jnp.cos(jnp.pi * u))
     return process.t_max - (process.t_max - process.t_min) * u

@@ -1,0 +1,150 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray, ScalarLike
+
+from sdekit import AbstractController, AbstractProcess, AbstractTarget
+
+
+def _zero_last(mlp: eqx.nn.MLP) -> eqx.nn.MLP:
+    """Zero the last layer, so the controlled process starts as the reference process."""
+    last = mlp.layers[-1]
+    return eqx.tree_at(
+        lambda m: (m.layers[-1].weight, m.layers[-1].bias),
+        mlp,
+        (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)),
+    )
+
+
+def _mlp(in_size: int, out_size: int, width: int, depth: int, key: PRNGKeyArray) -> eqx.nn.MLP:
+    mlp = eqx.nn.MLP(in_size, out_size, width, depth, activation=jax.nn.gelu, key=key)
+    return _zero_last(mlp)
+
+
+class FourierTime(eqx.Module):
+    r"""Fourier features of $t/T$: $\sin(\omega_i t/T)$, $\cos(\omega_i t/T)$ with
+    $\omega_i$ evenly spaced in $[0.1, 100]$ (as in PIS)."""
+
+    features: int = eqx.field(static=True)
+    T: float = eqx.field(static=True)
+
+    def __call__(self, t: ScalarLike) -> Float[Array, " 2*features"]:
+        phase = jnp.linspace(0.1, 100.0, self.features) * (t / self.T)
+        return jnp.concatenate([jnp.sin(phase), jnp.cos(phase)])
+
+
+def _check(**values: tuple[int, int]) -> None:
+    """Raise unless each `name=(value, least)` has an integer `value >= least`."""
+    for name, (value, least) in values.items():
+        if not (isinstance(value, int) and value >= least):
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
+class TimeMLP(AbstractController):
+    r"""$u(t, x) = \mathrm{NN}(x, \mathrm{emb}(t))$, last layer zero-initialised."""
+
+    time: FourierTime
+    net: eqx.nn.MLP
+
+    def __call__(self, t, x):
+        return self.net(jnp.concatenate([x, self.time(t)]))
+
+
+class PISGrad(AbstractController):
+    r"""The PIS-grad network $u(t, x) = \mathrm{NN}(x, \mathrm{emb}(t)) + \mathrm{NN}_t(\mathrm{emb}(t)) \odot \mathrm{clip}(\nabla\log\gamma(x))$.
+
+    Both networks' last layers are zero-initialised. `grad_clip` clips each component of
+    $\nabla\log\gamma$ to $[-\text{grad\_clip}, \text{grad\_clip}]$ and `output_clip`
+    clips each component of $u$; both are part of the model, stated here, never hidden.
+    """
+
+    time: FourierTime
+    state_net: eqx.nn.MLP
+    time_net: eqx.nn.MLP
+    target: AbstractTarget
+    grad_clip: float = eqx.field(static=True)
+    output_clip: float = eqx.field(static=True)
+
+    def __call__(self, t, x):
+        emb = self.time(t)
+        grad = jnp.clip(jax.grad(self.target.log_prob)(x), -self.grad_clip, self.grad_clip)
+        u = self.state_net(jnp.concatenate([x, emb])) + self.time_net(emb) * grad
+        return jnp.clip(u, -self.output_clip, self.output_clip)
+
+
+class LimitedWidth(AbstractController):
+    r"""A neural SDE whose weights are piecewise-constant controls (seed 000):
+    $u(t, x) = W(t) \tanh(A(t) x + b(t))$ with `width` hidden units (default: the
+    dimension) and `pieces` equal time intervals of $[0, T]$. $W$ starts at zero."""
+
+    W: Float[Array, "pieces d width"]
+    A: Float[Array, "pieces width d"]
+    b: Float[Array, "pieces width"]
+    T: float = eqx.field(static=True)
+
+    def __call__(self, t, x):
+        pieces = self.W.shape[0]
+        k = jnp.clip(jnp.floor(t / self.T * pieces).astype(int), 0, pieces - 1)
+        return self.W[k] @ jnp.tanh(self.A[k] @ x + self.b[k])
+
+
+def pis_grad(
+    target: AbstractTarget,
+    process: AbstractProcess,
+    width: int = 64,
+    depth: int = 2,
+    features: int = 64,
+    grad_clip: float = 100.0,
+    output_clip: float = 1e4,
+    seed: int = 0,
+) -> PISGrad:
+    """PIS-grad network: `width` x `depth` MLPs, `features` Fourier time features;
+    `grad_clip` on the target's score and `output_clip` on the drift (componentwise)."""
+    _check(width=(width, 1), depth=(depth, 0), features=(features, 1))
+    if not (grad_clip > 0 and output_clip > 0):
+        raise ValueError(f"grad_clip and output_clip must be positive, got {grad_clip}, {output_clip}")
+    d = target.dim
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return PISGrad(
+        FourierTime(features, process.T),
+        _mlp(d + 2 * features, d, width, depth, k1),
+        _mlp(2 * features, d, width, depth, k2),
+        target,
+        float(grad_clip),
+        float(output_clip),
+    )
+
+
+def time_mlp(
+    target: AbstractTarget,
+    process: AbstractProcess,
+    width: int = 64,
+    depth: int = 2,
+    features: int = 64,
+    seed: int = 0,
+) -> TimeMLP:
+    """A time-embedded MLP `NN(x, emb(t))`: `width` x `depth`, `features` Fourier features."""
+    _check(width=(width, 1), depth=(depth, 0), features=(features, 1))
+    net = _mlp(target.dim + 2 * features, target.dim, width, depth, jax.random.key(seed))
+    return TimeMLP(FourierTime(features, process.T), net)
+
+
+def limited_width(
+    target: AbstractTarget,
+    process: AbstractProcess,
+    pieces: int = 10,
+    width: int | None = None,
+    seed: int = 0,
+) -> LimitedWidth:
+    """Width-limited control `W(t) tanh(A(t) x + b(t))`, piecewise constant on `pieces`
+    intervals; `width` defaults to the dimension."""
+    d = target.dim
+    width = d if width is None else width
+    _check(width=(width, 1), pieces=(pieces, 1))
+    kA, kb = jax.random.split(jax.random.key(seed))
+    return LimitedWidth(
+        W=jnp.zeros((pieces, d, width)),
+        A=jax.random.normal(kA, (pieces, width, d)) / jnp.sqrt(d),
+        b=0.1 * jax.random.normal(kb, (pieces, width)),
+        T=process.T,
+    )
