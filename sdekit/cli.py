@@ -665,10 +665,13 @@ def _draw(sampler: sdekit.AbstractSampler, key: jax.Array, n: int) -> sdekit.Sam
 
 
 def run_sample(cfg: Mapping[str, Any], sampler: sdekit.AbstractSampler | None = None,
-               diagnostics: Sequence[str] | None = None) -> dict[str, Any]:
-    """Compose, sample and diagnose the run `cfg` describes. Writes nothing.
+               diagnostics: Sequence[str] | None = None, checkpoint: Path | None = None,
+               progress: bool = False) -> dict[str, Any]:
+    """Compose, train, sample and diagnose the run `cfg` describes.
 
-    Samples with `sampler.sample(jax.random.PRNGKey(seed), n)` (jitted; compilation is
+    A trainable sampler (`sdekit.AbstractTrainable`, e.g. `pis`) is first trained by
+    `sdekit.train` with key `jax.random.fold_in(key, 2)`, checkpointing to (and resuming
+    from) `checkpoint`, the only file written. Samples with `sampler.sample(jax.random.PRNGKey(seed), n)` (jitted; compilation is
     timed apart), then runs each registered diagnostic of `diagnostics` (default:
     `DEFAULT_DIAGNOSTICS`) with key `jax.random.fold_in(key, 1)`. A diagnostic that fails
     is reported in `metrics["diagnostic_errors"]` instead of losing the samples.
@@ -682,6 +685,12 @@ def run_sample(cfg: Mapping[str, Any], sampler: sdekit.AbstractSampler | None = 
         target = sdekit.create("target", cfg["target"]["name"],
                                **{k: v for k, v in cfg["target"].items() if k != "name"})
     n, key = cfg["n"], jax.random.PRNGKey(cfg["seed"])
+    train_seconds = 0.0
+    if isinstance(sampler, sdekit.AbstractTrainable):
+        sampler, history = sdekit.train(
+            sampler, jax.random.fold_in(key, 2), checkpoint=checkpoint, progress=progress
+        )
+        train_seconds = float(history["train_seconds"])
 
     t0 = time.perf_counter()
     compiled = eqx.filter_jit(_draw).lower(sampler, key, n).compile()
@@ -704,7 +713,7 @@ def run_sample(cfg: Mapping[str, Any], sampler: sdekit.AbstractSampler | None = 
         "seed": cfg["seed"],
         "n_nonfinite": int(np.sum(~np.all(np.isfinite(x), axis=1))),
         "has_log_weights": samples.log_weights is not None,
-        "train_seconds": float(getattr(sampler, "train_seconds", 0.0) or 0.0),
+        "train_seconds": train_seconds,
         "compile_seconds": t1 - t0,
         "sample_seconds": t2 - t1,
     }
@@ -868,6 +877,12 @@ OUTPUT_FILES = ("samples.npz", "metrics.json", "samples.png", "config.toml")
 @click.option("--score", metavar="NAME", help="Score [default: the sampler's].")
 @click.option("--controller", metavar="NAME", help="Controller [default: the sampler's].")
 @click.option("--steps", type=int, metavar="K", help="Set sampler.steps (K >= 1).")
+@click.option("--train-iters", type=int, metavar="N",
+              help="Set sampler.train_iters, for samplers that train.")
+@click.option("--batch", type=int, metavar="B", help="Set sampler.batch, for samplers that train.")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
+              metavar="DIR", help="Continue the interrupted training run in DIR (its "
+                                  "config.toml and checkpoint.eqx).")
 @click.option("-n", "--num", "n", type=int, metavar="N",
               help=f"Number of samples [default: {DEFAULT_N}].")
 @click.option("--seed", type=int, metavar="S", help=f"PRNG seed [default: {DEFAULT_SEED}].")
@@ -880,8 +895,8 @@ OUTPUT_FILES = ("samples.npz", "metrics.json", "samples.png", "config.toml")
               help="Output directory [default: runs/TARGET-SAMPLER].")
 @click.option("--dry-run", is_flag=True,
               help="Resolve and compose, print the configuration, write nothing.")
-def sample(target, sampler, process, score, controller, steps, n, seed, sets, config_path,
-           out, dry_run) -> None:
+def sample(target, sampler, process, score, controller, steps, train_iters, batch, resume_dir,
+           n, seed, sets, config_path, out, dry_run) -> None:
     """Draw samples from TARGET [default: gmm40] and write them with metrics and a plot.
 
     \b
@@ -893,7 +908,9 @@ def sample(target, sampler, process, score, controller, steps, n, seed, sets, co
       config.toml   the complete configuration: --config DIR/config.toml reproduces
                     the samples bit for bit
       samples.png   the samples against the target
-    Nothing is written unless the run succeeds; DIR is created only then.
+    Nothing is written unless the run succeeds; DIR is created only then. A sampler
+    that trains also writes config.toml at the start and checkpoint.eqx during
+    training, so that `--resume DIR` continues an interrupted run.
 
     A part named on the command line that differs from the one in --config drops
     the options the file gave it; --set then applies on top.
@@ -903,6 +920,15 @@ def sample(target, sampler, process, score, controller, steps, n, seed, sets, co
             raise click.BadParameter(f"must be >= {low}, got {value}", param_hint=f"'{flag}'")
     if seed is not None and seed > MAX_SEED:
         raise click.BadParameter(f"must be <= {MAX_SEED}, got {seed}", param_hint="'--seed'")
+    if resume_dir is not None:
+        if config_path is not None or (out is not None and Path(out) != Path(resume_dir)):
+            raise click.UsageError("--resume DIR takes its configuration and output from DIR")
+        config_path, out = str(Path(resume_dir) / "config.toml"), resume_dir
+        if not Path(config_path).exists():
+            raise ConfigError(f"--resume: {config_path} does not exist; is {resume_dir} a run?")
+    for flag, value in (("--train-iters", train_iters), ("--batch", batch)):
+        if value is not None:
+            sets = (*sets, f"sampler.{flag[2:].replace('-', '_')}={value}")
     config = None
     if config_path is not None:
         try:
@@ -927,7 +953,12 @@ def sample(target, sampler, process, score, controller, steps, n, seed, sets, co
         f"sampling {cfg['n']} points from {cfg['target']['name']} with "
         f"{cfg['sampler']['name']} (seed {cfg['seed']})...", err=True,
     )
-    result = run_sample(cfg, composed)
+    checkpoint = None
+    if isinstance(composed, sdekit.AbstractTrainable):
+        checkpoint = out_dir / "checkpoint.eqx"
+        if resume_dir is None:
+            _write_files(out_dir, {"config.toml": toml_text, "checkpoint.eqx": None})
+    result = run_sample(cfg, composed, checkpoint=checkpoint, progress=True)
     samples, metrics = result["samples"], result["metrics"]
     x = np.asarray(samples.x)
     if metrics["n_nonfinite"]:
