@@ -1,5 +1,6 @@
 """Build parts from names, and compose them into a sampler."""
 
+import difflib
 import inspect
 from typing import Any
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 
 from ._diagnostic import AbstractDiagnostic
 from ._errors import CompositionError, PluginError
-from ._plugins import PARTS, registry
+from ._plugins import PARTS, Entry, registry
 from ._process import AbstractProcess
 from ._sampler import AbstractSampler
 from ._score import AbstractController, AbstractScore
@@ -24,40 +25,66 @@ _BASES = {
 }
 
 
+def _describe_options(entry: Entry) -> str:
+    options = entry.options()
+    if not options:
+        return "none"
+    return ", ".join(
+        n if d is inspect.Parameter.empty else f"{n}={d!r}" for n, d in options.items()
+    )
+
+
+def _check_options(entry: Entry, options: dict[str, Any]) -> None:
+    """Raise `CompositionError` for an option the factory of `entry` does not take."""
+    params = entry.parameters()
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in options if k not in params]
+    if not unknown:
+        return
+    close = [c for u in unknown for c in difflib.get_close_matches(u, list(params), n=1)]
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise CompositionError(
+        f"{entry.kind} {entry.name!r} has no option {', '.join(map(repr, unknown))}.{hint} "
+        f"Its options are: {_describe_options(entry)}"
+    )
+
+
 def create(kind: str, name: str, /, **options: Any) -> Any:
     """Build the part registered as `name` of `kind` (`"target"`, `"process"`, …).
 
-    `options` go to the plugin's factory; `sdekit show KIND NAME` lists them.
+    `options` go to the plugin's factory; `sdekit show KIND NAME` lists them. Raises
+    `UnknownNameError` for a name no plugin registers, `CompositionError` for options the
+    factory does not take or rejects, and `PluginError` if the factory returns something
+    other than the kind's abstract base class.
 
     ```python
     vp = sdekit.create("process", "vp", schedule="cosine")
     ```
     """
     entry = registry().get(kind, name)
+    _check_options(entry, options)
     params = entry.parameters()
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    unknown = [k for k in options if k not in params and not takes_any]
-    if unknown:
-        valid = ", ".join(entry.options()) or "none"
-        raise CompositionError(
-            f"{kind} {name!r} has no option {', '.join(repr(u) for u in unknown)}; "
-            f"its options are: {valid}"
-        )
     missing = [
         n for n, p in params.items()
         if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         and n not in options
     ]
     if missing:
-        raise CompositionError(f"{kind} {name!r} needs {', '.join(map(repr, missing))}")
+        raise CompositionError(
+            f"{kind} {name!r} needs {', '.join(map(repr, missing))}, which has no default; "
+            f"give it as an option (its options are: {_describe_options(entry)})"
+        )
     try:
         obj = entry.factory(**options)
     except (TypeError, ValueError) as e:
         raise CompositionError(f"{kind} {name!r}: {e}") from e
     if not isinstance(obj, _BASES[kind]):
         raise PluginError(
-            f"plugin {entry.plugin!r}: factory of {kind} {name!r} returned "
-            f"{type(obj).__name__}, not an {_BASES[kind].__name__}"
+            f"plugin {entry.plugin!r}: the factory of {kind} {name!r} returned a "
+            f"{type(obj).__name__}, not an {_BASES[kind].__name__}. This is a bug in the "
+            f"plugin; report it to its authors, or disable it (SDEKIT_DISABLE_PLUGINS="
+            f"{entry.plugin})"
         )
     return obj
 
@@ -76,14 +103,27 @@ def _name_and_options(kind: str, spec: Spec) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
+def _check_object(kind: str, spec: Any) -> None:
+    if not isinstance(spec, _BASES[kind]):
+        raise CompositionError(
+            f"{kind} must be a registered name, a dict with a 'name', or an "
+            f"{_BASES[kind].__name__}; got {type(spec).__name__}"
+        )
+
+
+def _check_spec(kind: str, spec: Spec) -> None:
+    """The checks of a part that need not build it: its type, name and option names."""
+    if isinstance(spec, (str, dict)):
+        name, options = _name_and_options(kind, spec)
+        _check_options(registry().get(kind, name), options)
+    else:
+        _check_object(kind, spec)
+
+
 def _resolve(kind: str, spec: Spec, parts: dict[str, Any]) -> Any:
     """Build a part from a name or a dict, passing it the composed parts it takes."""
     if not isinstance(spec, (str, dict)):
-        if not isinstance(spec, _BASES[kind]):
-            raise CompositionError(
-                f"{kind} must be a registered name, a dict with a 'name', or an "
-                f"{_BASES[kind].__name__}; got {type(spec).__name__}"
-            )
+        _check_object(kind, spec)
         return spec
     name, options = _name_and_options(kind, spec)
     params = registry().get(kind, name).parameters()
@@ -111,45 +151,62 @@ def compose(
     ```
     """
     sampler_name, sampler_options = _name_and_options("sampler", sampler)
-    params = registry().get("sampler", sampler_name).parameters()
+    entry = registry().get("sampler", sampler_name)
+    params = entry.parameters()
     given = {"target": target, "process": process, "score": score, "controller": controller}
-    parts: dict[str, Any] = {}
+    # Everything that can be checked without building a part is checked first.
+    overlap = sorted(set(sampler_options) & set(PARTS))
+    if overlap:
+        raise CompositionError(
+            f"give {', '.join(overlap)} as {'parts' if len(overlap) > 1 else 'a part'} "
+            f"(compose(..., {overlap[0]}=...)), not as an option of sampler {sampler_name!r}"
+        )
+    _check_options(entry, sampler_options)
+    takes = [k for k in PARTS if k in params]
     for kind in PARTS:
-        spec = given[kind]
-        if kind not in params:
-            if spec is not None:
-                takes = ", ".join(k for k in PARTS if k in params) or "none"
-                raise CompositionError(
-                    f"sampler {sampler_name!r} does not take a {kind} (it takes: {takes})"
-                )
-            continue
+        if given[kind] is not None and kind not in params:
+            raise CompositionError(
+                f"sampler {sampler_name!r} does not take a {kind} (it takes: "
+                f"{', '.join(takes) or 'none'}); leave {kind} out or choose another sampler"
+            )
+    for kind in takes:
+        if given[kind] is not None:
+            _check_spec(kind, given[kind])
+        elif params[kind].default is inspect.Parameter.empty:
+            raise CompositionError(f"sampler {sampler_name!r} needs a {kind}; give {kind}=...")
+    parts: dict[str, Any] = {}
+    for kind in takes:
+        spec = given[kind] if given[kind] is not None else params[kind].default
         if spec is None:
-            spec = params[kind].default
-            if spec is inspect.Parameter.empty:
-                raise CompositionError(f"sampler {sampler_name!r} needs a {kind}")
-            if spec is None:
-                continue
+            continue
         parts[kind] = _resolve(kind, spec, parts)
         if kind == "target":
             check_target(parts["target"])
-    if "score" in parts and "target" in parts:
-        check_dims(parts["score"], parts["target"].dim, "score")
-    overlap = set(sampler_options) & set(PARTS)
-    if overlap:
-        raise CompositionError(f"give {', '.join(sorted(overlap))} as parts, not sampler options")
+    if "target" in parts:
+        for kind in ("score", "controller"):
+            if kind in parts:
+                check_dims(parts[kind], parts["target"].dim, kind)
     return create("sampler", sampler_name, **parts, **sampler_options)
 
 
 def check_dims(field: AbstractScore | AbstractController, dim: int, what: str) -> None:
-    """Raise `CompositionError` unless `field(t, x)` maps `(dim,)` to `(dim,)`."""
+    """Raise `CompositionError` unless `field(t, x)` maps `(dim,)` to `(dim,)`.
+
+    Only shapes are computed (`jax.eval_shape`), so this costs no compilation.
+    """
+    name = type(field).__name__
     try:
         out = jax.eval_shape(field, jnp.asarray(0.5), jnp.zeros(dim))
     except Exception as e:  # noqa: BLE001
         raise CompositionError(
-            f"{what} {type(field).__name__} fails on a point of the target's dimension {dim}: {e}"
+            f"{what} {name} fails on a point of shape ({dim},), the target's dimension: "
+            f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0].rstrip('.')}. Was it built "
+            f"for another dimension? Give a {what} for dimension {dim}"
         ) from e
-    if out.shape != (dim,):
+    shape = getattr(out, "shape", None)
+    if shape != (dim,):
         raise CompositionError(
-            f"{what} {type(field).__name__} returns shape {out.shape} for a point of shape "
-            f"({dim},); the target has dimension {dim}"
+            f"{what} {name} returns shape {shape} for a point of shape ({dim},); expected "
+            f"({dim},), since the target has dimension {dim}. Was it built for another "
+            f"dimension? Give a {what} for dimension {dim}"
         )

@@ -74,31 +74,32 @@ class Registry:
         self._conflicts: dict[tuple[str, str], list[str]] = {}
 
     def add(self, kind: str, name: str, factory: Any, plugin: str) -> None:
-        if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin {plugin!r} registered a {kind} with invalid name {name!r}")
-        if not callable(factory):
-            raise PluginError(
-                f"plugin {plugin!r} registered {kind} {name!r} with a non-callable factory "
-                f"{factory!r}"
-            )
+        """Add one name; a name another plugin already registered raises `PluginError`.
+
+        The conflict is remembered either way: asking for the name later raises an error
+        that names both plugins, whichever registered it first.
+        """
+        check_registration(kind, name, factory, plugin)
         existing = self.entries[kind].get(name)
+        if existing is not None and existing.plugin == plugin:
+            raise PluginError(f"plugin {plugin!r} registers {kind} {name!r} twice; the first is kept")
         if existing is not None:
-            self._conflicts.setdefault((kind, name), [existing.plugin]).append(plugin)
-            raise PluginError(
-                f"{kind} {name!r} is registered by both plugin {existing.plugin!r} and "
-                f"plugin {plugin!r}"
-            )
+            owners = self._conflicts.setdefault((kind, name), [existing.plugin])
+            if plugin not in owners:
+                owners.append(plugin)
+            raise PluginError(_conflict_message(kind, name, owners))
         self.entries[kind][name] = Entry(kind, name, factory, plugin)
 
     def get(self, kind: str, name: str) -> Entry:
         if kind not in KINDS:
             raise UnknownNameError(_unknown("kind", kind, list(KINDS)))
-        if (kind, name) in self._conflicts:
-            plugins = " and ".join(repr(p) for p in self._conflicts[(kind, name)])
-            raise PluginError(
-                f"{kind} {name!r} is registered by plugins {plugins}; disable one with "
-                f"SDEKIT_DISABLE_PLUGINS"
+        if not isinstance(name, str):
+            raise UnknownNameError(
+                f"a {kind} is named by a string, got {type(name).__name__} {name!r}; "
+                f"available: {', '.join(self.names(kind)) or 'none'}"
             )
+        if (kind, name) in self._conflicts:
+            raise PluginError(_conflict_message(kind, name, self._conflicts[(kind, name)]))
         try:
             return self.entries[kind][name]
         except KeyError:
@@ -106,6 +107,30 @@ class Registry:
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries[kind])
+
+
+def check_registration(kind: str, name: Any, factory: Any, plugin: str) -> None:
+    """Raise `PluginError` unless `name` is a non-empty string and `factory` a callable."""
+    if not isinstance(name, str) or not name.strip():
+        raise PluginError(
+            f"plugin {plugin!r} registered a {kind} under the invalid name {name!r}; "
+            f"names are non-empty strings such as 'my-{kind}'"
+        )
+    if not callable(factory):
+        raise PluginError(
+            f"plugin {plugin!r} registered {kind} {name!r} with a {type(factory).__name__} "
+            f"({factory!r}); a factory must be callable (a class or a function that builds "
+            f"the {kind})"
+        )
+
+
+def _conflict_message(kind: str, name: str, plugins: list[str]) -> str:
+    names = " and ".join(f"plugin {p!r}" for p in plugins)
+    return (
+        f"{kind} {name!r} is registered by {'both ' if len(plugins) == 2 else ''}{names}; "
+        f"a name must be unique, so rename it in one of them or disable one "
+        f"(e.g. SDEKIT_DISABLE_PLUGINS={plugins[-1]})"
+    )
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> str:
@@ -116,9 +141,18 @@ def _unknown(kind: str, name: str, known: list[str]) -> str:
     return msg + " Available: " + (", ".join(sorted(known)) or "none") + "."
 
 
+#: Names of the hooks a plugin may implement (those of `sdekit.hookspecs`).
+HOOKS: tuple[str, ...] = tuple(
+    n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "sdekit_spec")
+)
+
 _pm: pluggy.PluginManager | None = None
 _registry: Registry | None = None
 _load_failures: list[PluginFailure] = []
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    return list(importlib.metadata.entry_points(group="sdekit"))
 
 
 def _env_list(var: str) -> set[str] | None:
@@ -129,23 +163,77 @@ def _env_list(var: str) -> set[str] | None:
 
 
 def _report(failure: PluginFailure) -> None:
-    warnings.warn(f"sdekit plugin {failure.plugin!r} skipped: {failure.error}", stacklevel=3)
+    warnings.warn(f"sdekit plugin {failure.plugin!r}: {failure.error}", stacklevel=4)
+
+
+def _check_hooks(pm: pluggy.PluginManager, plugin: object) -> None:
+    """Raise `PluginError` for hooks pluggy would silently never call."""
+    for hook in HOOKS:  # a hook-named function without the decorator
+        attr = getattr(plugin, hook, None)
+        if callable(attr) and not hasattr(attr, "sdekit_impl"):
+            raise PluginError(
+                f"it defines {hook}() without the @sdekit.hookimpl decorator, so sdekit "
+                f"would never call it; decorate it with @sdekit.hookimpl"
+            )
+    for caller in pm.get_hookcallers(plugin) or []:  # what pm.check_pending() reports
+        if caller.has_spec():
+            continue
+        if any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls()):
+            close = difflib.get_close_matches(caller.name, HOOKS, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise PluginError(
+                f"it implements unknown hook {caller.name!r}; {hint}the sdekit hooks are: "
+                + ", ".join(HOOKS)
+            )
 
 
 def _register_checked(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
-    pm.register(plugin, name=name)
+    """Register `plugin` as `name`, or raise `PluginError` (without the name) and leave
+    `pm` as it was. A misspelt or undecorated hook is an error, not a silent no-op."""
+    if pm.has_plugin(name):
+        raise PluginError(
+            f"a plugin named {name!r} is already registered; choose another name or "
+            f"unregister_plugin({name!r}) first"
+        )
     try:
-        pm.check_pending()  # a misspelt hook name is an error, not a silent no-op
-    except pluggy.PluginValidationError as e:
+        pm.register(plugin, name=name)
+    except (pluggy.PluginValidationError, ValueError) as e:
+        raise PluginError(" ".join(str(e).split())) from e
+    try:
+        _check_hooks(pm, plugin)
+    except PluginError:
         pm.unregister(name=name)
-        raise PluginError(str(e)) from e
+        raise
+
+
+def _collect(impl: Any, kind: str) -> list[tuple[str, Callable[..., Any]]]:
+    """Run one plugin's `register_<kind>s` hook; what it registers, checked, or an error."""
+    staged: list[tuple[str, Callable[..., Any]]] = []
+
+    def register(name: str, factory: Callable[..., Any]) -> None:
+        check_registration(kind, name, factory, impl.plugin_name)
+        staged.append((name, factory))
+
+    impl.function(**({"register": register} if "register" in impl.argnames else {}))
+    return staged
+
+
+def _hook_failure(impl: Any, kind: str, e: BaseException) -> PluginFailure:
+    hook, plural = KINDS[kind], "processes" if kind == "process" else f"{kind}s"
+    detail = str(e) if isinstance(e, PluginError) else f"{type(e).__name__}: {e}"
+    return PluginFailure(
+        impl.plugin_name, f"{hook}() failed, none of its {plural} are registered: {detail}"
+    )
 
 
 def plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, loading entry-point plugins on first use.
 
+    Each plugin is loaded on its own: one that fails to import or implements an unknown
+    hook is reported (a warning naming it, and `registry().failures`) and skipped.
     `SDEKIT_DISABLE_PLUGINS=a,b` skips plugins by name; `SDEKIT_LOAD_PLUGINS=a,b` loads
-    only those (an empty value loads none).
+    only those (an empty value loads none). First-party plugins are named `processes`,
+    `targets`, `scores`, `controllers`, `samplers` and `diagnostics`.
     """
     global _pm
     if _pm is not None:
@@ -154,23 +242,53 @@ def plugin_manager() -> pluggy.PluginManager:
     pm.add_hookspecs(hookspecs)
     blocked = _env_list("SDEKIT_DISABLE_PLUGINS") or set()
     allowed = _env_list("SDEKIT_LOAD_PLUGINS")
-    for ep in importlib.metadata.entry_points(group="sdekit"):
+    seen: dict[str, str] = {}  # plugin name -> entry point value
+    failures: list[PluginFailure] = []
+    for ep in _entry_points():
+        if ep.name in seen:
+            if ep.value != seen[ep.name]:  # not just the same distribution seen twice
+                failures.append(PluginFailure(
+                    ep.name,
+                    f"not loaded from {ep.value!r}: the plugin name {ep.name!r} is already "
+                    f"used by {seen[ep.name]!r}; uninstall one of them",
+                ))
+            continue
+        seen[ep.name] = ep.value
         if ep.name in blocked or (allowed is not None and ep.name not in allowed):
             continue
-        if pm.has_plugin(ep.name):
-            continue  # the same distribution seen twice on sys.path
         try:
-            _register_checked(pm, ep.load(), ep.name)
-        except Exception as e:  # noqa: BLE001 - any import-time failure of a plugin
-            failure = PluginFailure(ep.name, f"{type(e).__name__}: {e}")
-            _load_failures.append(failure)
-            _report(failure)
+            plugin = ep.load()
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - any import-time failure
+            failures.append(PluginFailure(
+                ep.name, f"not loaded: importing {ep.value!r} failed: {type(e).__name__}: {e}"
+            ))
+            continue
+        try:
+            _register_checked(pm, plugin, ep.name)
+        except PluginError as e:
+            failures.append(PluginFailure(ep.name, f"not loaded: {e}"))
+    for failure in failures:
+        _report(failure)
+    _load_failures[:] = failures
+    for var, names in (("SDEKIT_DISABLE_PLUGINS", blocked), ("SDEKIT_LOAD_PLUGINS", allowed)):
+        unknown = sorted((names or set()) - set(seen))
+        if unknown:
+            warnings.warn(
+                f"{var} names {', '.join(map(repr, unknown))}, which no installed plugin is "
+                f"called; installed plugins: {', '.join(sorted(seen)) or 'none'}",
+                stacklevel=3,
+            )
     _pm = pm
     return pm
 
 
 def registry() -> Registry:
-    """The registries built from every loaded plugin (cached until plugins change)."""
+    """The registries built from every loaded plugin (cached until plugins change).
+
+    A plugin hook that raises or registers something malformed is reported and none of
+    what that hook registers is kept; a name two plugins register is reported, and
+    asking for it raises an error that names both.
+    """
     global _registry
     if _registry is not None:
         return _registry
@@ -179,45 +297,83 @@ def registry() -> Registry:
     reg.failures.extend(_load_failures)
     for kind, hook_name in KINDS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            plugin = impl.plugin_name
-
-            def register(name, factory, _kind=kind, _plugin=plugin):
-                reg.add(_kind, name, factory, _plugin)
-
             try:
-                impl.function(register=register)
+                staged = _collect(impl, kind)
             except Exception as e:  # noqa: BLE001 - a broken plugin must not break the rest
-                failure = PluginFailure(plugin, f"{hook_name}: {type(e).__name__}: {e}")
+                failure = _hook_failure(impl, kind, e)
                 reg.failures.append(failure)
                 _report(failure)
+                continue
+            for name, factory in staged:
+                try:
+                    reg.add(kind, name, factory, impl.plugin_name)
+                except PluginError as e:
+                    failure = PluginFailure(impl.plugin_name, str(e))
+                    reg.failures.append(failure)
+                    _report(failure)
     _registry = reg
     return reg
 
 
 def register_plugin(plugin: object, name: str | None = None) -> str:
-    """Register a plugin object (a module or an instance with `@hookimpl` methods).
+    """Register a plugin object (a module, or an object with `@sdekit.hookimpl` methods).
 
-    For plugins that are not installed as packages, and for tests. Returns its name.
+    For plugins that are not installed as packages, and for tests; returns its name.
+    The plugin is checked now, and not registered (`PluginError`) if it implements an
+    unknown hook, if one of its hooks fails or registers something malformed, or if it
+    registers a name another plugin already has.
+
+    ```python
+    class MyPlugin:
+        @sdekit.hookimpl
+        def register_targets(self, register):
+            register("my-target", MyTarget)
+
+    sdekit.register_plugin(MyPlugin(), name="my-plugin")
+    ```
     """
     global _registry
+    current = registry()
     pm = plugin_manager()
     name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
     try:
         _register_checked(pm, plugin, name)
-    except ValueError as e:
-        raise PluginError(f"plugin {name!r}: {e}") from e
+    except PluginError as e:
+        raise PluginError(f"plugin {name!r} not registered: {e}") from e
+    errors: list[str] = []
+    for kind, hook_name in KINDS.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            if impl.plugin_name != name:
+                continue
+            try:
+                staged = _collect(impl, kind)
+            except Exception as e:  # noqa: BLE001
+                errors.append(_hook_failure(impl, kind, e).error)
+                continue
+            for entry_name, _ in staged:
+                existing = current.entries[kind].get(entry_name)
+                if existing is not None:
+                    errors.append(_conflict_message(kind, entry_name, [existing.plugin, name]))
+    if errors:
+        pm.unregister(name=name)
+        raise PluginError(f"plugin {name!r} not registered: " + "; ".join(errors))
     _registry = None
     return name
 
 
 def unregister_plugin(name: str) -> None:
+    """Remove the plugin called `name` (from `register_plugin` or an entry point).
+
+    A name that is not registered is ignored, so teardown code can call it unconditionally.
+    """
     global _registry
     plugin_manager().unregister(name=name)
     _registry = None
 
 
 def reset() -> None:
-    """Forget loaded plugins; the next use reloads entry points and reads the environment."""
+    """Forget every plugin, those added with `register_plugin` included; the next use
+    reloads the entry points and reads `SDEKIT_DISABLE_PLUGINS` / `SDEKIT_LOAD_PLUGINS`."""
     global _pm, _registry
     _pm, _registry = None, None
     _load_failures.clear()

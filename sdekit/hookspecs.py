@@ -4,6 +4,11 @@ A *factory* is a callable (usually the class itself) that builds the part from k
 options. Its signature is its documentation: `sdekit show` prints the options and defaults.
 Factories of scores and samplers may take the composed parts they need as keyword
 arguments named `target`, `process`, `score`, `controller`.
+
+A plugin is checked when it is loaded: a function decorated with `@sdekit.hookimpl`
+whose name is not one of these hooks (`register_target` for `register_targets`), or a
+hook-named function without the decorator, is an error naming the plugin, never a
+silent no-op.
 """
 
 import pluggy
