@@ -1,1 +1,51 @@
-"""sdekit first-party plugin: diagnostics (being written)."""
+"""Diagnostics: `weights`, `sample-quality` and `w2`, and the metric functions behind them.
+
+The metrics (`log_Z`, `elbo`, `eubo`, `ess`, `mmd`, `sinkhorn`, `w2`, `sliced_w2`,
+`mode_coverage`, `emc`) are those of section 4 of the design brief; all but `w2` are pure,
+`jax.jit`-able functions and are importable from here.
+"""
+
+import sdekit
+
+from ._diagnostics import W2, SampleQuality, Weights
+from ._metrics import (
+    W2_MAX_POINTS,
+    SinkhornResult,
+    elbo,
+    emc,
+    ess,
+    eubo,
+    log_Z,
+    mmd,
+    mode_counts,
+    mode_coverage,
+    sinkhorn,
+    sliced_w2,
+    w2,
+)
+
+__all__ = [
+    "W2",
+    "W2_MAX_POINTS",
+    "SampleQuality",
+    "SinkhornResult",
+    "Weights",
+    "elbo",
+    "emc",
+    "ess",
+    "eubo",
+    "log_Z",
+    "mmd",
+    "mode_counts",
+    "mode_coverage",
+    "sinkhorn",
+    "sliced_w2",
+    "w2",
+]
+
+
+@sdekit.hookimpl
+def register_diagnostics(register):
+    register("weights", Weights)
+    register("sample-quality", SampleQuality)
+    register("w2", W2)

@@ -1,0 +1,167 @@
+"""The registered diagnostics: `weights`, `sample-quality` and `w2`.
+
+Each is called as `diagnostic(key, target=..., sampler=..., samples=...)` and returns a
+dict of plain Python numbers (`{}` when it does not apply).
+"""
+
+import math
+
+import jax
+import numpy as np
+from jaxtyping import PRNGKeyArray
+
+from sdekit import AbstractDiagnostic, AbstractSampler, AbstractTarget, Samples
+
+from ._metrics import elbo, emc, ess, log_Z, mmd, mode_coverage, sinkhorn, sliced_w2, w2
+
+
+def _finite_rows(x: np.ndarray) -> np.ndarray:
+    return x[np.all(np.isfinite(x), axis=1)]
+
+
+def _host_rng(key: PRNGKeyArray) -> np.random.Generator:
+    """A numpy generator seeded from `key`, for subsampling on the host (no compilation)."""
+    return np.random.default_rng([*np.asarray(jax.random.key_data(key)).ravel().tolist(), 0x5D])
+
+
+def _at_most(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`x`, or `n` of its rows drawn without replacement when it has more."""
+    if x.shape[0] <= n:
+        return x
+    return x[np.sort(rng.choice(x.shape[0], n, replace=False))]
+
+
+def _exact_target(target: AbstractTarget | None) -> bool:
+    return target is not None and target.has_exact_samples
+
+
+class Weights(AbstractDiagnostic):
+    """Importance-weight metrics: `log_Z`, `elbo`, `ess`, `log_Z_error`, `n_nonfinite_weights`.
+
+    From `samples.log_weights` (nothing if the sampler gives none): `log_Z` is
+    $\\log\\frac1N\\sum_i w_i$, `elbo` the mean log-weight, `ess` the normalised effective
+    sample size in $(0, 1]$, `log_Z_error` is `log_Z - target.log_Z` where the target's
+    $\\log Z$ is known, and `n_nonfinite_weights` counts log-weights that are NaN or
+    $\\pm\\infty$ ($-\\infty$ is a zero weight and enters the sums as such; a NaN makes
+    `log_Z`, `elbo` and `ess` NaN, written as `null`).
+    """
+
+    def __call__(
+        self,
+        key: PRNGKeyArray,
+        *,
+        target: AbstractTarget | None = None,
+        sampler: AbstractSampler | None = None,
+        samples: Samples | None = None,
+    ) -> dict[str, float | int]:
+        if samples is None or samples.log_weights is None:
+            return {}
+        lw = np.asarray(samples.log_weights)
+        out: dict[str, float | int] = {
+            "log_Z": float(log_Z(lw)),
+            "elbo": float(elbo(lw)),
+            "ess": float(ess(lw)),
+        }
+        known = None if target is None else target.log_Z
+        if known is not None:
+            out["log_Z_error"] = out["log_Z"] - float(known)
+        out["n_nonfinite_weights"] = int(np.sum(~np.isfinite(lw)))
+        return out
+
+
+class SampleQuality(AbstractDiagnostic):
+    """Samples against exact target samples: `mmd`, `sinkhorn`; `mode_coverage`, `emc` on mixtures.
+
+    Uses the raw samples, not importance-resampled ones, and only their finite rows
+    (`n_nonfinite` in the run's metrics counts the others). Up to `n_reference` of them are
+    compared with as many fresh exact samples `target.sample(key, m)`: `mmd` is the
+    unbiased MMD² (Gaussian kernel, median-heuristic bandwidth) on all of them, `sinkhorn`
+    the entropic OT cost with squared-euclidean cost on `sinkhorn_points` per side (random
+    subsets) and
+    `epsilon` relative to the mean cost (`sinkhorn_converged` says whether Sinkhorn
+    converged). Targets with no exact sampler get no `mmd` or `sinkhorn`.
+
+    When the target is a Gaussian mixture of two or more components (`target.mixture`),
+    `mode_coverage` (fraction of components holding at least `coverage_threshold` of all
+    samples, non-finite ones included in the count) and `emc` (entropy of component
+    occupancy over log K) are added.
+    """
+
+    n_reference: int = 10_000
+    epsilon: float = 1e-3
+    sinkhorn_points: int = 2000
+    max_iterations: int = 5000
+    coverage_threshold: float = 0.01
+
+    def __call__(
+        self,
+        key: PRNGKeyArray,
+        *,
+        target: AbstractTarget | None = None,
+        sampler: AbstractSampler | None = None,
+        samples: Samples | None = None,
+    ) -> dict[str, float | bool]:
+        if samples is None:
+            return {}
+        x = np.asarray(samples.x)
+        out: dict[str, float | bool] = {}
+        mixture = None if target is None else target.mixture
+        if mixture is not None and mixture.weights.shape[0] >= 2 and x.shape[0] > 0:
+            out["mode_coverage"] = float(mode_coverage(x, mixture, self.coverage_threshold))
+            out["emc"] = float(emc(x, mixture))
+        if not _exact_target(target):
+            return out
+        rng = _host_rng(key)
+        xf = _at_most(_finite_rows(x), self.n_reference, rng)
+        m = xf.shape[0]
+        if m < 2:
+            out.update(mmd=math.nan, sinkhorn=math.nan, sinkhorn_converged=False)
+            return out
+        ref = np.asarray(target.sample(key, m)).astype(xf.dtype)
+        out["mmd"] = float(mmd(xf, ref))  # median heuristic on an evenly strided subsample
+        k = self.sinkhorn_points
+        result = sinkhorn(
+            _at_most(xf, k, rng), _at_most(ref, k, rng), self.epsilon, max_points=k,
+            max_iterations=self.max_iterations,
+        )
+        out["sinkhorn"] = float(result.cost)
+        out["sinkhorn_converged"] = bool(result.converged)
+        return out
+
+
+class W2(AbstractDiagnostic):
+    """Wasserstein-2 distances to exact target samples: exact `w2` and `sliced_w2`.
+
+    On the finite rows of the raw samples. `w2` solves the exact assignment problem
+    between `max_points` samples and as many exact ones (at most 5000: O(n³)); `sliced_w2`
+    uses `projections` random directions on up to `sliced_points` samples. Nothing for
+    targets with no exact sampler.
+    """
+
+    max_points: int = 2000
+    projections: int = 128
+    sliced_points: int = 10_000
+
+    def __call__(
+        self,
+        key: PRNGKeyArray,
+        *,
+        target: AbstractTarget | None = None,
+        sampler: AbstractSampler | None = None,
+        samples: Samples | None = None,
+    ) -> dict[str, float]:
+        if samples is None or not _exact_target(target):
+            return {}
+        rng = _host_rng(key)
+        xf = _at_most(_finite_rows(np.asarray(samples.x)), self.sliced_points, rng)
+        m = xf.shape[0]
+        if m < 1:
+            return {"w2": math.nan, "sliced_w2": math.nan}
+        ref = np.asarray(target.sample(key, m)).astype(xf.dtype)
+        k = min(m, self.max_points)  # the exact samples are iid: any k of them will do
+        return {
+            "w2": w2(_at_most(xf, k, rng), ref[:k]),
+            "sliced_w2": float(
+                sliced_w2(xf, ref, jax.random.fold_in(key, 1), projections=self.projections)
+            ),
+        }
