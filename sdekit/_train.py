@@ -30,7 +30,8 @@ class TrainOptions(eqx.Module):
       by a cosine to `learning_rate * final_lr_fraction`).
     - `grad_clip`: clip the global gradient norm to this value (`None`: no clipping).
     - `chunk`: steps compiled into one `lax.scan` between progress updates; checkpoints
-      are written at chunk boundaries.
+      are written at chunk boundaries. (The last chunk runs whole, its extra steps no-ops,
+      so one compilation serves the whole run.)
     """
 
     steps: int = eqx.field(static=True, default=2000)
@@ -119,6 +120,8 @@ def _run_chunk(state: TrainState, static: PyTree, key: PRNGKeyArray, n: int) -> 
     def loss(params, k):
         return eqx.combine(params, static).loss(k)
 
+    steps = static.train_options.steps
+
     def step(state: TrainState, _):
         k = jax.random.fold_in(key, state.step)
         (value, stats), grads = eqx.filter_value_and_grad(loss, has_aux=True)(state.params, k)
@@ -126,6 +129,7 @@ def _run_chunk(state: TrainState, static: PyTree, key: PRNGKeyArray, n: int) -> 
             jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
         )
         finite &= state.diverged_at < 0
+        finite &= state.step < steps  # a no-op past the end: every chunk has one length
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         new_params = eqx.apply_updates(state.params, updates)
         keep = lambda new, old: jax.tree.map(  # noqa: E731
@@ -133,7 +137,7 @@ def _run_chunk(state: TrainState, static: PyTree, key: PRNGKeyArray, n: int) -> 
         )
         values = {"loss": value, **stats}
         history = {
-            name: h.at[state.step].set(jnp.where(finite, values[name], jnp.nan))
+            name: h.at[state.step].set(jnp.where(finite, values[name], jnp.nan), mode="drop")
             for name, h in state.history.items()
         }
         return TrainState(
@@ -141,7 +145,9 @@ def _run_chunk(state: TrainState, static: PyTree, key: PRNGKeyArray, n: int) -> 
             opt_state=keep(opt_state, state.opt_state),
             step=jnp.where(finite, state.step + 1, state.step),
             history=history,
-            diverged_at=jnp.where(finite | (state.diverged_at >= 0), state.diverged_at, state.step),
+            diverged_at=jnp.where(
+                finite | (state.diverged_at >= 0) | (state.step >= steps), state.diverged_at, state.step
+            ),
         ), None
 
     state, _ = jax.lax.scan(step, state, length=n)
@@ -182,8 +188,7 @@ def train(
     bar = _progress_bar(options.steps, int(state.step), progress)
     start = time.perf_counter()
     while (done := int(state.step)) < options.steps:
-        n = min(options.chunk - done % options.chunk, options.steps - done)
-        state = _run_chunk(state, static, key, n)
+        state = _run_chunk(state, static, key, min(options.chunk, options.steps))
         if int(state.diverged_at) >= 0:
             if path is not None:
                 _save(path, state)

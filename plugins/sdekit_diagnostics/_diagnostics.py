@@ -12,7 +12,7 @@ from jaxtyping import PRNGKeyArray
 
 from sdekit import AbstractDiagnostic, AbstractSampler, AbstractTarget, Samples
 
-from ._metrics import elbo, emc, ess, log_Z, mmd, mode_coverage, sinkhorn, sliced_w2, w2
+from ._metrics import elbo, emc, ess, eubo, log_Z, mmd, mode_coverage, sinkhorn, sliced_w2, w2
 
 
 def _finite_rows(x: np.ndarray) -> np.ndarray:
@@ -43,7 +43,9 @@ class Weights(AbstractDiagnostic):
     sample size in $(0, 1]$, `log_Z_error` is `log_Z - target.log_Z` where the target's
     $\\log Z$ is known, and `n_nonfinite_weights` counts log-weights that are NaN or
     $\\pm\\infty$ ($-\\infty$ is a zero weight and enters the sums as such; a NaN makes
-    `log_Z`, `elbo` and `ess` NaN, written as `null`).
+    `log_Z`, `elbo` and `ess` NaN, written as `null`). For a sampler with
+    `backward_log_weights` (the trained samplers) and a target with exact samples, `eubo`
+    is the mean log-weight of as many trajectories run backwards from exact samples.
     """
 
     def __call__(
@@ -66,6 +68,10 @@ class Weights(AbstractDiagnostic):
         if known is not None:
             out["log_Z_error"] = out["log_Z"] - float(known)
         out["n_nonfinite_weights"] = int(np.sum(~np.isfinite(lw)))
+        if hasattr(sampler, "backward_log_weights") and target is not None and target.has_exact_samples:
+            k_x, k_path = jax.random.split(key)
+            x = target.sample(k_x, lw.shape[0])
+            out["eubo"] = float(eubo(sampler.backward_log_weights(k_path, x)))
         return out
 
 

@@ -165,7 +165,7 @@ def _controlled(
 
 
 _TRAINING_DOC = """
-    Training (`sdekit.train`): `loss` (`"log-variance"` or `"kl"`), `batch` trajectories per
+    Training (`sdekit.train`): `loss` (`"kl"` or `"log-variance"`), `batch` trajectories per
     step, `train_iters` Adam steps at peak `learning_rate` (cosine decay), global gradient
     norm clipped to `grad_clip` (0: none). `steps` is the number of time steps $K$ and
     `spacing` the time grid (`"uniform"`, `"cosine"`, …)."""
@@ -177,7 +177,7 @@ def pis(
     controller: Any = "pis-grad",
     steps: int = 128,
     spacing: str = "uniform",
-    loss: str = "log-variance",
+    loss: str = "kl",
     batch: int = 256,
     train_iters: int = 2000,
     learning_rate: float = 5e-3,
@@ -193,7 +193,7 @@ def dds(
     controller: Any = "pis-grad",
     steps: int = 128,
     spacing: str = "uniform",
-    loss: str = "log-variance",
+    loss: str = "kl",
     batch: int = 256,
     train_iters: int = 2000,
     learning_rate: float = 5e-3,
@@ -209,7 +209,7 @@ def dis(
     controller: Any = "pis-grad",
     steps: int = 128,
     spacing: str = "uniform",
-    loss: str = "log-variance",
+    loss: str = "kl",
     batch: int = 256,
     train_iters: int = 2000,
     learning_rate: float = 5e-3,
