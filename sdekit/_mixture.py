@@ -1,7 +1,7 @@
 import jax
 import jax.numpy as jnp
 import equinox as eqx
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray, ScalarLike
 
 
 class GaussianMixture(eqx.Module):
@@ -15,6 +15,14 @@ class GaussianMixture(eqx.Module):
     - `weights`: `(K,)` non-negative, normalised on construction.
     - `means`: `(K, d)`.
     - `covs`: `(K, d, d)` symmetric positive definite.
+
+    The per-point methods (`log_prob`, `score`, …) are meant to be `jax.vmap`-ed over
+    points. They work in the eigenbasis $\Sigma_k = U_k \operatorname{diag}(\lambda_k) U_k^\top$,
+    which depends on the mixture only: under `vmap` it is computed once, and the per-point
+    work is plain matrix products (batched tiny LAPACK solves are very slow on CPU). The
+    `*_transformed` methods evaluate the law of `coef * X + std * Z` in the same basis, so a
+    time-dependent marginal $p_t$ costs no factorisation per time, even when `t` is batched
+    (an adaptive ODE solver under `vmap` gives every trajectory its own `t`).
     """
 
     weights: Float[Array, " K"]
@@ -31,27 +39,47 @@ class GaussianMixture(eqx.Module):
     def dim(self) -> int:
         return self.means.shape[-1]
 
-    def component_log_probs(self, x: Float[Array, " d"]) -> Float[Array, " K"]:
-        """`log w_k + log N(x; mu_k, Sigma_k)` for every component."""
-        chol = jnp.linalg.cholesky(self.covs)
-        diff = x - self.means
-        z = jax.vmap(lambda c, r: jax.scipy.linalg.solve_triangular(c, r, lower=True))(chol, diff)
-        log_det = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-        return (
+    def _whitened(self, coef, std, x):
+        """Component log-densities of `coef X + std Z` at `x`, `U_k^T Σ_k(t)^{-1} (x - m_k)`, `U`."""
+        lam, U = jnp.linalg.eigh(self.covs)  # (K, d), (K, d, d); independent of x and t
+        var = coef**2 * lam + std**2
+        z = jnp.einsum("kji,kj->ki", U, x - coef * self.means)  # U_k^T (x - m_k)
+        log_p = (
             jnp.log(self.weights)
-            - 0.5 * jnp.sum(z**2, axis=-1)
-            - log_det
+            - 0.5 * jnp.sum(z**2 / var, axis=-1)
+            - 0.5 * jnp.sum(jnp.log(var), axis=-1)
             - 0.5 * self.dim * jnp.log(2 * jnp.pi)
         )
+        return log_p, z / var, U
+
+    def component_log_probs_transformed(
+        self, coef: ScalarLike, std: ScalarLike, x: Float[Array, " d"]
+    ) -> Float[Array, " K"]:
+        r"""`log w_k + log N(x; coef mu_k, coef^2 Sigma_k + std^2 I)` for every component."""
+        return self._whitened(coef, std, x)[0]
+
+    def log_prob_transformed(self, coef: ScalarLike, std: ScalarLike, x: Float[Array, " d"]):
+        """Log-density of `coef * X + std * Z` at `x` (see `transform`)."""
+        return jax.nn.logsumexp(self.component_log_probs_transformed(coef, std, x))
+
+    def score_transformed(
+        self, coef: ScalarLike, std: ScalarLike, x: Float[Array, " d"]
+    ) -> Float[Array, " d"]:
+        r"""Score of `coef * X + std * Z` at `x`: $-\sum_k r_k(x) \Sigma_k(t)^{-1}(x - m_k)$."""
+        log_p, zv, U = self._whitened(coef, std, x)
+        resp = jax.nn.softmax(log_p)
+        return -jnp.einsum("k,kij,kj->i", resp, U, zv)
+
+    def component_log_probs(self, x: Float[Array, " d"]) -> Float[Array, " K"]:
+        """`log w_k + log N(x; mu_k, Sigma_k)` for every component."""
+        return self.component_log_probs_transformed(1.0, 0.0, x)
 
     def log_prob(self, x: Float[Array, " d"]) -> Float[Array, ""]:
         return jax.nn.logsumexp(self.component_log_probs(x))
 
     def score(self, x: Float[Array, " d"]) -> Float[Array, " d"]:
-        r"""$\nabla_x \log p(x)$, in closed form."""
-        resp = jax.nn.softmax(self.component_log_probs(x))
-        prec_diff = jnp.linalg.solve(self.covs, (self.means - x)[..., None])[..., 0]
-        return resp @ prec_diff
+        r"""$\nabla_x \log p(x) = -\sum_k r_k(x)\,\Sigma_k^{-1}(x - \mu_k)$, in closed form."""
+        return self.score_transformed(1.0, 0.0, x)
 
     def responsibilities(self, x: Float[Array, " d"]) -> Float[Array, " K"]:
         return jax.nn.softmax(self.component_log_probs(x))

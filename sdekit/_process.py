@@ -1,4 +1,5 @@
 import abc
+import numbers
 
 import equinox as eqx
 import jax
@@ -74,8 +75,9 @@ def time_grid(process: AbstractProcess, steps: int, spacing: str | None = None) 
     spacing = process.default_spacing if spacing is None else spacing
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-    if not (isinstance(steps, int) and steps >= 1):
+    if isinstance(steps, bool) or not (isinstance(steps, numbers.Integral) and steps >= 1):
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    steps = int(steps)
     u = jnp.linspace(0.0, 1.0, steps + 1)
     if spacing == "quadratic":
         u = 1 - (1 - u) ** 2
@@ -83,4 +85,7 @@ def time_grid(process: AbstractProcess, steps: int, spacing: str | None = None) 
         u = u**2
     elif spacing == "cosine":
         u = 0.5 * (1 - jnp.cos(jnp.pi * u))
-    return process.t_max - (process.t_max - process.t_min) * u
+    ts = process.t_max - (process.t_max - process.t_min) * u
+    # The ends exactly (t_max - (t_max - t_min) is not t_min in floating point: 1e-5 comes
+    # back as 1.00136e-5 in float32).
+    return ts.at[0].set(process.t_max).at[-1].set(process.t_min)

@@ -28,10 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
-from ott.geometry import epsilon_scheduler, geometry, pointcloud
-from ott.problems.linear import linear_problem
-from ott.solvers.linear import acceleration
-from ott.solvers.linear import sinkhorn as ott_sinkhorn
 
 from sdekit import GaussianMixture, log_Z_estimate
 
@@ -223,6 +219,12 @@ def _subsample(x: Array, key, max_points: int, what: str) -> Array:
 
 @functools.partial(jax.jit, static_argnames=("max_iterations", "threshold"))
 def _sinkhorn_solve(x, y, epsilon, relative, max_iterations: int, threshold: float):
+    # ott-jax takes seconds to import: only a run that asks for Sinkhorn pays for it.
+    from ott.geometry import epsilon_scheduler, geometry, pointcloud
+    from ott.problems.linear import linear_problem
+    from ott.solvers.linear import acceleration
+    from ott.solvers.linear import sinkhorn as ott_sinkhorn
+
     cost = pointcloud.PointCloud(x, y).cost_matrix  # squared euclidean, formed once
     eps = epsilon * jnp.where(relative, jnp.mean(cost), 1.0)
     geom = geometry.Geometry(

@@ -1,3 +1,5 @@
+import math
+
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Scalar, ScalarLike
@@ -5,7 +7,19 @@ from jaxtyping import Array, Float, Scalar, ScalarLike
 from sdekit import AbstractProcess
 
 
+def _check_real(**values: float) -> None:
+    """A `ValueError` naming the option unless each value is a finite real number."""
+    for name, value in values.items():
+        try:
+            ok = not isinstance(value, (bool, str, bytes)) and math.isfinite(float(value))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must be a finite real number, got {value!r}")
+
+
 def _check_positive(**values: float) -> None:
+    _check_real(**values)
     for name, value in values.items():
         if not value > 0:
             raise ValueError(f"{name} must be positive, got {value!r}")
@@ -13,6 +27,7 @@ def _check_positive(**values: float) -> None:
 
 def _check_times(T: float, t_min: float, t_max: float) -> None:
     _check_positive(T=T)
+    _check_real(t_min=t_min, t_max=t_max)
     if not 0 <= t_min < t_max <= T:
         raise ValueError(f"need 0 <= t_min < t_max <= T, got t_min={t_min}, t_max={t_max}, T={T}")
 
@@ -49,6 +64,8 @@ class _BetaSchedule(eqx.Module):
         rate = jnp.pi / (2 * self.T * (1 + self.cosine_offset))
         phase_cap = jnp.arctan(self.beta_max / (2 * rate))
         t_cap = (phase_cap * 2 * (1 + self.cosine_offset) / jnp.pi - self.cosine_offset) * self.T
+        # beta_max below beta(0): beta is the constant beta_max from t = 0 on.
+        t_cap = jnp.maximum(t_cap, 0.0)
         tc = jnp.minimum(t, t_cap)
         base = -2 * (jnp.log(jnp.cos(self._phase(tc))) - jnp.log(jnp.cos(self._phase(0.0))))
         return base + self.beta_max * jnp.maximum(t - t_cap, 0.0)

@@ -2,6 +2,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from sdekit import (
@@ -99,8 +100,13 @@ class ReverseSDE(AbstractSampler):
         bm_kwargs = {} if levy is None else {"levy_area": levy}
         brownian = diffrax.UnsafeBrownianPath(shape=x0.shape, key=key, **bm_kwargs)
         drift = diffrax.ODETerm(lambda u, x, _: self.drift(t_max - u, x))
+        # Isotropic noise g(t) I: a diagonal operator (diffrax >= 0.7 contracts an array
+        # diffusion with dW, which would turn g * ones(d) . dW into a scalar).
         noise = diffrax.ControlTerm(
-            lambda u, x, _: self.process.diffusion(t_max - u) * jnp.ones_like(x), brownian
+            lambda u, x, _: lx.DiagonalLinearOperator(
+                jnp.full_like(x, self.process.diffusion(t_max - u))
+            ),
+            brownian,
         )
         sol = diffrax.diffeqsolve(
             diffrax.MultiTerm(drift, noise),
@@ -112,6 +118,9 @@ class ReverseSDE(AbstractSampler):
             stepsize_controller=diffrax.StepTo(ts=u_grid),
             saveat=diffrax.SaveAt(t1=True),
             max_steps=None,
+            # diffrax's default (recursive-checkpoint) adjoint refuses UnsafeBrownianPath;
+            # sampling needs no reverse-mode gradient through the solve.
+            adjoint=diffrax.ForwardMode(),
         )
         return sol.ys[-1]
 

@@ -18,7 +18,13 @@ class ExactMixtureScore(AbstractScore):
         return self.mixture.transform(*self.process.marginal(t))
 
     def __call__(self, t: ScalarLike, x: Float[Array, " d"]) -> Float[Array, " d"]:
-        return self.marginal(t).score(x)
+        # Through the target's fixed eigenbasis: no factorisation per time, even when `t`
+        # is batched (an adaptive ODE solver under vmap gives each trajectory its own t).
+        return self.mixture.score_transformed(*self.process.marginal(t), x)
+
+    def log_prob(self, t: ScalarLike, x: Float[Array, " d"]) -> Float[Array, ""]:
+        r"""$\log p_t(x)$, exact."""
+        return self.mixture.log_prob_transformed(*self.process.marginal(t), x)
 
 
 def exact_score(target: AbstractTarget, process: AbstractProcess) -> ExactMixtureScore:
