@@ -2,6 +2,7 @@
 
     python benchmarks/diffusion_samplers.py                       # the full grid, K = 128
     python benchmarks/diffusion_samplers.py --samplers pis --targets funnel --seeds 0
+    python benchmarks/diffusion_samplers.py --table               # the stored results
 
 Runs each (sampler, target, seed), prints a table of medians and spreads over seeds and
 writes the raw per-seed results to `benchmarks/results/diffusion_samplers.json`
@@ -79,14 +80,14 @@ def table(results: list[dict]) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         groups.setdefault((r["target"], r["sampler"]), []).append(r)
-    lines = [f"{'target':<14}{'sampler':<8}{'seeds':>6}" + "".join(f"{c:>22}" for c in cols)]
+    lines = [f"{'target':<14}{'sampler':<8}{'seeds':>6}" + "".join(f" {c:>24}" for c in cols)]
     for (target, sampler), rows in sorted(groups.items()):
         cells = []
         for c in cols:
             v = np.array([r.get(c, np.nan) for r in rows], dtype=float)
             cells.append("-" if np.all(np.isnan(v)) else
                          f"{np.nanmedian(v):.3f} [{np.nanmin(v):.3f},{np.nanmax(v):.3f}]")
-        lines.append(f"{target:<14}{sampler:<8}{len(rows):>6}" + "".join(f"{c:>22}" for c in cells))
+        lines.append(f"{target:<14}{sampler:<8}{len(rows):>6}" + "".join(f" {c:>24}" for c in cells))
     return "\n".join(lines)
 
 
@@ -99,9 +100,13 @@ def main() -> None:
     parser.add_argument("--train-iters", type=int, default=None)
     parser.add_argument("-n", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--table", action="store_true", help="Print the stored results' table.")
     args = parser.parse_args()
 
     stored = json.loads(args.out.read_text()) if args.out.exists() else []
+    if args.table:
+        print(table(stored))
+        return
     print(f"device: {jax.devices()[0].device_kind}; {os.cpu_count()} CPUs")
     fresh = []
     for target in args.targets:

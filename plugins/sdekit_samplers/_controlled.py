@@ -164,60 +164,46 @@ def _controlled(
     return ControlledSDE(process, controller, target, ts, options, integrator, loss, batch)
 
 
-_TRAINING_DOC = """
+def _factory(name: str, default_process: str, integrator: str, summary: str):
+    """A sampler factory; its signature is what `sdekit show sampler NAME` prints."""
+
+    def factory(
+        target: AbstractTarget,
+        process: Any = default_process,
+        controller: Any = "pis-grad",
+        steps: int = 128,
+        spacing: str = "uniform",
+        loss: str = "kl",
+        batch: int = 256,
+        train_iters: int = 2000,
+        learning_rate: float = 5e-3,
+        grad_clip: float = 1.0,
+    ) -> ControlledSDE:
+        return _controlled(
+            target, process, controller, integrator=integrator, steps=steps, spacing=spacing,
+            loss=loss, batch=batch, train_iters=train_iters, learning_rate=learning_rate,
+            grad_clip=grad_clip,
+        )
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"""{summary}
+
     Training (`sdekit.train`): `loss` (`"kl"` or `"log-variance"`), `batch` trajectories per
     step, `train_iters` Adam steps at peak `learning_rate` (cosine decay), global gradient
     norm clipped to `grad_clip` (0: none). `steps` is the number of time steps $K$ and
     `spacing` the time grid (`"uniform"`, `"cosine"`, …)."""
+    return factory
 
 
-def pis(
-    target: AbstractTarget,
-    process: Any = "pbm",
-    controller: Any = "pis-grad",
-    steps: int = 128,
-    spacing: str = "uniform",
-    loss: str = "kl",
-    batch: int = 256,
-    train_iters: int = 2000,
-    learning_rate: float = 5e-3,
-    grad_clip: float = 1.0,
-) -> ControlledSDE:
-    """Path integral sampler: the pinned Brownian motion reference, Euler–Maruyama steps."""
-    return _controlled(**locals(), integrator="euler")
-
-
-def dds(
-    target: AbstractTarget,
-    process: Any = "vp",
-    controller: Any = "pis-grad",
-    steps: int = 128,
-    spacing: str = "uniform",
-    loss: str = "kl",
-    batch: int = 256,
-    train_iters: int = 2000,
-    learning_rate: float = 5e-3,
-    grad_clip: float = 1.0,
-) -> ControlledSDE:
-    """Denoising diffusion sampler: VP (Ornstein–Uhlenbeck) reference, exponential integrator."""
-    return _controlled(**locals(), integrator="exponential")
-
-
-def dis(
-    target: AbstractTarget,
-    process: Any = "vp",
-    controller: Any = "pis-grad",
-    steps: int = 128,
-    spacing: str = "uniform",
-    loss: str = "kl",
-    batch: int = 256,
-    train_iters: int = 2000,
-    learning_rate: float = 5e-3,
-    grad_clip: float = 1.0,
-) -> ControlledSDE:
-    """Time-reversed diffusion sampler: the reverse of a VP diffusion, Euler–Maruyama steps."""
-    return _controlled(**locals(), integrator="euler")
-
-
-for _factory in (pis, dds, dis):
-    _factory.__doc__ += _TRAINING_DOC
+pis = _factory(
+    "pis", "pbm", "euler",
+    "Path integral sampler: the pinned Brownian motion reference, Euler–Maruyama steps.",
+)
+dds = _factory(
+    "dds", "vp", "exponential",
+    "Denoising diffusion sampler: VP (Ornstein–Uhlenbeck) reference, exponential integrator.",
+)
+dis = _factory(
+    "dis", "vp", "euler",
+    "Time-reversed diffusion sampler: the reverse of a VP diffusion, Euler–Maruyama steps.",
+)
