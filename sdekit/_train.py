@@ -187,22 +187,22 @@ def train(
         state = eqx.tree_deserialise_leaves(path, state)
     bar = _progress_bar(options.steps, int(state.step), progress)
     start = time.perf_counter()
-    while (done := int(state.step)) < options.steps:
-        state = _run_chunk(state, static, key, min(options.chunk, options.steps))
-        if int(state.diverged_at) >= 0:
+    try:
+        while (done := int(state.step)) < options.steps:
+            state = _run_chunk(state, static, key, min(options.chunk, options.steps))
             if path is not None:
                 _save(path, state)
-            raise TrainingDiverged(
-                f"the loss or its gradient became non-finite at step {int(state.diverged_at)}; "
-                + (f"the last good state is in {path}" if path else "stopped")
-                + " (try a smaller learning_rate, a grad_clip, or a float64 run)"
-            )
-        if path is not None:
-            _save(path, state)
-        bar.update(int(state.step) - done)
-        last = {k: float(v[int(state.step) - 1]) for k, v in state.history.items()}
-        bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
-    bar.close()
+            if int(state.diverged_at) >= 0:
+                raise TrainingDiverged(
+                    f"the loss or its gradient became non-finite at step {int(state.diverged_at)}; "
+                    + (f"the last good state is in {path}" if path else "stopped")
+                    + " (try a smaller learning_rate, a grad_clip, or a float64 run)"
+                )
+            bar.update(int(state.step) - done)
+            last = {k: float(v[int(state.step) - 1]) for k, v in state.history.items()}
+            bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
+    finally:
+        bar.close()
     history = {k: np.asarray(v) for k, v in state.history.items()}
     history["train_seconds"] = np.asarray(time.perf_counter() - start)
     return eqx.combine(state.params, static), history
