@@ -53,19 +53,27 @@ class _BetaSchedule(eqx.Module):
     def beta(self, t: ScalarLike) -> Scalar:
         if self.schedule == "linear":
             return self.beta_min + (self.beta_max - self.beta_min) * t / self.T
+        # tan is evaluated only below the cap time: at t = T the phase is pi/2, which
+        # float32 rounds past pi/2, so tan came out hugely negative (beta < 0, g = NaN).
         rate = jnp.pi / (2 * self.T * (1 + self.cosine_offset))
-        return jnp.minimum(2 * rate * jnp.tan(self._phase(t)), self.beta_max)
+        t_cap = self._t_cap()
+        beta = 2 * rate * jnp.tan(self._phase(jnp.minimum(t, t_cap)))
+        return jnp.where(t >= t_cap, self.beta_max, jnp.minimum(beta, self.beta_max))
+
+    def _t_cap(self) -> Scalar:
+        """The time at which the cosine beta reaches `beta_max` (0 if it starts above)."""
+        rate = jnp.pi / (2 * self.T * (1 + self.cosine_offset))
+        phase_cap = jnp.arctan(self.beta_max / (2 * rate))
+        t_cap = (phase_cap * 2 * (1 + self.cosine_offset) / jnp.pi - self.cosine_offset) * self.T
+        return jnp.maximum(t_cap, 0.0)
 
     def integral(self, t: ScalarLike) -> Scalar:
         if self.schedule == "linear":
             return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2 / self.T
         # B(t) = -2 log(cos(phase(t)) / cos(phase(0))); beta is capped at beta_max near T
-        # so the cap is applied to B through the time at which beta reaches it.
-        rate = jnp.pi / (2 * self.T * (1 + self.cosine_offset))
-        phase_cap = jnp.arctan(self.beta_max / (2 * rate))
-        t_cap = (phase_cap * 2 * (1 + self.cosine_offset) / jnp.pi - self.cosine_offset) * self.T
-        # beta_max below beta(0): beta is the constant beta_max from t = 0 on.
-        t_cap = jnp.maximum(t_cap, 0.0)
+        # so the cap is applied to B through the time at which beta reaches it (t_cap is
+        # 0 when beta_max is below beta(0): beta is then beta_max from t = 0 on).
+        t_cap = self._t_cap()
         tc = jnp.minimum(t, t_cap)
         base = -2 * (jnp.log(jnp.cos(self._phase(tc))) - jnp.log(jnp.cos(self._phase(0.0))))
         return base + self.beta_max * jnp.maximum(t - t_cap, 0.0)
