@@ -40,7 +40,8 @@ class GaussianMixture(eqx.Module):
         return self.means.shape[-1]
 
     def _whitened(self, coef, std, x):
-        """Component log-densities of `coef X + std Z` at `x`, `U_k^T Σ_k(t)^{-1} (x - m_k)`, `U`."""
+        """`log w_k + log N(x; m_k, S_k)`, `U_k^T S_k^{-1} (x - m_k)` and `U`, where
+        `m_k = coef mu_k`, `S_k = coef^2 Sigma_k + std^2 I = U_k diag(var_k) U_k^T`."""
         lam, U = jnp.linalg.eigh(self.covs)  # (K, d), (K, d, d); independent of x and t
         var = coef**2 * lam + std**2
         z = jnp.einsum("kji,kj->ki", U, x - coef * self.means)  # U_k^T (x - m_k)

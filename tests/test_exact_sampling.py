@@ -100,7 +100,8 @@ def gmm10():
 TARGETS = {"gmm40": lambda: sdekit.create("target", "gmm40"), "gmm10": gmm10}
 
 # Process configurations in which the exact-score samplers are correct, with the grid
-# spacing each needs (the analytic bounds are asserted in the first test below):
+# spacing each needs (the analytic bounds are asserted by
+# test_configurations_make_prior_and_t_min_errors_negligible):
 PROCESSES = {
     # VP with stationary std sigma = 30, the scale of the data (gmm40 means reach |mu| ~ 57):
     # with beta_max = 20, alpha_T = e^{-5.0}, p_T = N(0, 30^2 I) up to KL < 1e-4. (The default
@@ -155,16 +156,17 @@ class Reference:
 
         Under the null, `MMD^2_u ~ (2/N) sum_l lam_l (Z_l^2 - 1)` with `lam_l` the
         eigenvalues of the centred kernel operator (Gretton et al. 2012, JMLR, thm. 12),
-        estimated (the 40 largest) from the centred Gram matrix of 1000 exact points; the quantile is
-        simulated from that (Gretton et al. 2009, "spectral" null). With few dominant
-        eigenvalues the tail is chi-square-like: 5 std would be exceeded ~0.2% of the time,
-        the 1e-3 quantile is ~6 std.
+        the 40 largest estimated from the centred Gram matrix of 1000 exact points; the
+        quantile is simulated from that (Gretton et al. 2009, "spectral" null). With few
+        dominant eigenvalues the tail is chi-square-like: 5 std would be exceeded ~0.2% of
+        the time, the 1e-3 quantile is ~6 std.
         """
         z = self._z[:1000]
         gram = gaussian_gram(z, z, self.bandwidth)
         centred = gram - gram.mean(0) - gram.mean(1)[:, None] + gram.mean()
         # the 40 largest (Lanczos; a dense eigendecomposition is slow here)
-        lam = np.clip(eigsh(centred / z.shape[0], k=40, which="LA", return_eigenvectors=False), 0, None)
+        lam = eigsh(centred / z.shape[0], k=40, which="LA", return_eigenvectors=False)
+        lam = np.clip(lam, 0, None)
         a = 2 * lam / N
         Z = np.random.default_rng(0).standard_normal((100_000, a.size))
         null = (Z**2 - 1) @ a

@@ -183,11 +183,12 @@ def test_transition_matches_forward_sde_simulation(name, s, t):
     key = jax.random.PRNGKey(CASES.index((name, s, t)))
     y = f64(euler_maruyama_paths(key, c, g, jnp.diff(ts), n))
     mean, var = y.mean(), y.var(ddof=1)
+    where = f"{name} ({s}->{t})"
     assert abs(mean - mean_true) <= 5 * se_mean, (
-        f"{name} ({s}->{t}): simulated mean {mean} vs transition mean {mean_true}, 5 SE = {5 * se_mean}"
+        f"{where}: simulated mean {mean} vs transition mean {mean_true}, 5 SE = {5 * se_mean}"
     )
     assert abs(var - var_true) <= 5 * se_var, (
-        f"{name} ({s}->{t}): simulated variance {var} vs transition variance {var_true}, 5 SE = {5 * se_var}"
+        f"{where}: simulated variance {var} vs transition variance {var_true}, 5 SE = {5 * se_var}"
     )
     if s == 0.0:
         np.testing.assert_allclose(f64(process.marginal(t)), [a, sig], rtol=1e-6)
@@ -200,7 +201,8 @@ def test_coefficients_finite_on_the_whole_window(name):
     Only sub-VP has `g(0) = 0`."""
     process = make(name)
     # EM_STEPS points in all, so sde_coefficients reuses its compilation
-    ts = jnp.concatenate([jnp.linspace(0.0, process.t_max, EM_STEPS - 1), jnp.array([process.t_min])])
+    ts = jnp.linspace(0.0, process.t_max, EM_STEPS - 1)
+    ts = jnp.concatenate([ts, jnp.array([process.t_min])])
     c, g = (f64(v) for v in sde_coefficients(process, ts))
     assert np.all(np.isfinite(c)) and np.all(np.isfinite(g)), (c, g)
     assert np.all(g[1:] > 0) and g[0] >= 0, g

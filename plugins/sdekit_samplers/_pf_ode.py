@@ -27,9 +27,10 @@ class PFODE(AbstractSampler):
     $\int_{t_0}^{t_1} \nabla\cdot v_\rho\,dt = d \log(\rho_{t_1} / \rho_{t_0})$ exactly (for the
     linear drifts of every process with Gaussian transitions), so
     $\log q = \log\nu + d\log(\rho_{t_{\max}}/\rho_{t_{\min}}) + \int \nabla\cdot(v - v_\rho)\,dt$.
-    The integrand left is bounded where $\nabla\cdot v$ is not: for `pbm`,
-    $\nabla\cdot v \approx -d / (2(T - t))$ near $T$ made the adaptive solver reject every step
-    (float32 cannot resolve $t$ within $10^{-6}$ of $T$) and cost accuracy.
+    The integrand left is bounded where $\nabla\cdot v$ is not (for `pbm`,
+    $\nabla\cdot v \approx -d / (2(T - t))$ near $T$). Likewise the state integrated is
+    $u = x / \rho_t$, which $v_\rho$ leaves constant, so that the solver's tolerances are
+    relative to the scale of $x$ at every $t$ (for `pbm`, $x \sim \sqrt{T - t}$ near $T$).
     """
 
     process: AbstractProcess
@@ -51,7 +52,7 @@ class PFODE(AbstractSampler):
         return a**2 + sigma**2
 
     def _log_rho_ratio(self, x) -> Scalar:
-        r"""$d \log(\rho_{t_{\max}} / \rho_{t_{\min}}) = \int_{t_{\min}}^{t_{\max}} \nabla\cdot v_\rho\,dt$."""
+        r"""$d \log(\rho_{t_{\max}} / \rho_{t_{\min}})$, that is $\int \nabla\cdot v_\rho\,dt$."""
         t0, t1 = self.process.t_min, self.process.t_max
         return 0.5 * x.shape[-1] * (jnp.log(self._rho2(t1)) - jnp.log(self._rho2(t0)))
 

@@ -1,0 +1,1 @@
+"""Targets from probabilistic programs: NumPyro models and Bayesian logistic regression."""

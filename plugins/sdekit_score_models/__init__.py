@@ -1,0 +1,1 @@
+"""Score-based generative modelling from data: denoising score matching and score networks."""
