@@ -9,13 +9,22 @@ import importlib.metadata
 from ._compose import check_dims, compose, create
 from ._diagnostic import AbstractDiagnostic
 from ._errors import CompositionError, PluginError, SdekitError, TargetError, UnknownNameError
+from ._log_density import LogDensity, target_from_log_prob, to_arviz
 from ._mixture import GaussianMixture
 from ._plugins import KINDS, plugin_manager, register_plugin, registry, unregister_plugin
 from ._process import AbstractProcess, gaussian_log_prob, time_grid
 from ._sampler import AbstractSampler, Samples, log_Z_estimate
 from ._score import AbstractController, AbstractScore
 from ._target import AbstractTarget, check_target
-from ._train import AbstractTrainable, TrainingDiverged, TrainOptions, float_arrays_outside_targets, train
+from ._target_spec import load_object, resolve_target
+from ._train import (
+    AbstractTrainable,
+    TrainingDiverged,
+    TrainOptions,
+    float_arrays_outside_targets,
+    load_checkpoint,
+    train,
+)
 from .hookspecs import hookimpl
 
 __version__ = importlib.metadata.version("sdekit")
@@ -31,6 +40,7 @@ __all__ = [
     "TrainOptions",
     "TrainingDiverged",
     "train",
+    "load_checkpoint",
     "CompositionError",
     "GaussianMixture",
     "KINDS",
@@ -52,4 +62,9 @@ __all__ = [
     "register_plugin",
     "registry",
     "unregister_plugin",
+    "LogDensity",
+    "load_object",
+    "resolve_target",
+    "target_from_log_prob",
+    "to_arviz",
 ]

@@ -1,10 +1,14 @@
 import abc
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
 from ._sampler import AbstractSampler, Samples
 from ._target import AbstractTarget
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class AbstractDiagnostic(eqx.Module):
@@ -24,3 +28,10 @@ class AbstractDiagnostic(eqx.Module):
         samples: Samples | None = None,
     ) -> dict[str, Array | float]:
         ...
+
+    def plot(self, values: dict[str, Any]) -> "Figure | None":
+        """A matplotlib figure of `values` (what `__call__` returned), or `None` (the default).
+
+        `sdekit diagnose` saves it as `NAME.png` beside `diagnostics.json`.
+        """
+        return None

@@ -154,6 +154,21 @@ def _run_chunk(state: TrainState, static: PyTree, key: PRNGKeyArray, n: int) -> 
     return state
 
 
+def _load_state(path: Path, like: TrainState) -> TrainState:
+    try:
+        return eqx.tree_deserialise_leaves(path, like)
+    except (RuntimeError, ValueError, EOFError) as e:
+        raise SdekitError(
+            f"{path} is not a checkpoint of this model ({_first_line(e)}); it was written with "
+            f"other options (train_iters, batch, network sizes, ...) or is damaged. Restore "
+            f"those options, or remove the file to start afresh"
+        ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
+
+
 def _save(path: Path, state: TrainState) -> None:
     tmp = path.with_name(path.name + ".tmp")
     eqx.tree_serialise_leaves(tmp, state)
@@ -180,11 +195,10 @@ def train(
     """
     options = model.train_options
     _, static = eqx.partition(model, model.trainable())
-    names = tuple(jax.eval_shape(model.loss, key)[1])
-    state = _init_state(model, names)
+    state = _init_state(model, _stat_names(model))
     path = None if checkpoint is None else Path(checkpoint)
     if path is not None and path.exists():
-        state = eqx.tree_deserialise_leaves(path, state)
+        state = _load_state(path, state)
     bar = _progress_bar(options.steps, int(state.step), progress)
     start = time.perf_counter()
     try:
@@ -206,6 +220,18 @@ def train(
     history = {k: np.asarray(v) for k, v in state.history.items()}
     history["train_seconds"] = np.asarray(time.perf_counter() - start)
     return eqx.combine(state.params, static), history
+
+
+def load_checkpoint(model: AbstractTrainable, checkpoint: str | os.PathLike) -> tuple[AbstractTrainable, int]:
+    """`model` with the parameters stored in `checkpoint` (written by `train`), and the
+    number of steps they were trained for."""
+    state = _load_state(Path(checkpoint), _init_state(model, _stat_names(model)))
+    _, static = eqx.partition(model, model.trainable())
+    return eqx.combine(state.params, static), int(state.step)
+
+
+def _stat_names(model: AbstractTrainable) -> tuple[str, ...]:
+    return tuple(jax.eval_shape(model.loss, jax.random.key(0))[1])
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

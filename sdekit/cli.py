@@ -10,6 +10,7 @@ import contextlib
 import difflib
 import importlib.metadata
 import inspect
+import io
 import logging
 import math
 import platform
@@ -30,6 +31,8 @@ import numpy as np
 import sdekit
 
 from . import _io
+from . import _target_spec
+from ._log_density import npz_arrays
 from ._errors import SdekitError, UnknownNameError
 from ._plugins import KINDS, PARTS, plugin_versions
 
@@ -457,17 +460,17 @@ def _section(value: Any, where: str) -> dict[str, Any]:
     raise ConfigError(f"{where} must be a name or a table, got {type(value).__name__} {value!r}")
 
 
-def parse_set(text: str) -> tuple[str, str, Any]:
+def parse_set(text: str, sections: Sequence[str] = SECTIONS) -> tuple[str, str, Any]:
     """`"section.option=value"` -> `(section, option, value)`; the value read as TOML."""
     key, eq, raw = text.partition("=")
     key = key.strip()
     if not eq or not key:
         raise ConfigError(f"--set expects SECTION.OPTION=VALUE, got {text!r}")
     section, dot, option = key.partition(".")
-    if not dot or section not in SECTIONS or not option:
+    if not dot or section not in sections or not option:
         raise ConfigError(
             f"--set key {key!r} must be SECTION.OPTION with SECTION one of "
-            f"{', '.join(SECTIONS)} (e.g. --set sampler.steps=100)"
+            f"{', '.join(sections)} (e.g. --set {sections[-1]}.OPTION=VALUE)"
         )
     if option == "name":
         raise ConfigError(f"--set {key}: choose the {section} with "
@@ -641,7 +644,9 @@ def resolve_config(
                 )
             else:
                 continue  # no default to write down: the factory's own default applies
-        parts[kind] = _complete(reg.get(kind, section["name"]), section)
+        entry = (_target_spec.target_entry(section["name"]) if kind == "target"
+                 else reg.get(kind, section["name"]))  # a target may be a spec (file.py:NAME)
+        parts[kind] = _complete(entry, section)
     out["target"] = parts.pop("target")
     out["sampler"] = _complete(sampler_entry, cfg["sampler"])
     out.update(parts)
@@ -651,7 +656,7 @@ def resolve_config(
 def compose_config(cfg: Mapping[str, Any]) -> sdekit.AbstractSampler:
     """`sdekit.compose` applied to a configuration from `resolve_config`."""
     return sdekit.compose(
-        dict(cfg["target"]), dict(cfg["sampler"]),
+        _target_spec.build_target(cfg["target"]), dict(cfg["sampler"]),
         **{k: dict(cfg[k]) for k in ("process", "score", "controller") if k in cfg},
     )
 
@@ -682,8 +687,8 @@ def run_sample(cfg: Mapping[str, Any], sampler: sdekit.AbstractSampler | None = 
         sampler = compose_config(cfg)
     target = getattr(sampler, "target", None)
     if not isinstance(target, sdekit.AbstractTarget):
-        target = sdekit.create("target", cfg["target"]["name"],
-                               **{k: v for k, v in cfg["target"].items() if k != "name"})
+        target = sdekit.resolve_target(cfg["target"]["name"],
+                                       **{k: v for k, v in cfg["target"].items() if k != "name"})
     n, key = cfg["n"], jax.random.PRNGKey(cfg["seed"])
     train_seconds = 0.0
     if isinstance(sampler, sdekit.AbstractTrainable):
@@ -801,9 +806,6 @@ def plot_png(target: sdekit.AbstractTarget, x: np.ndarray, key: jax.Array,
     d <= 2: the samples over the target's (log-)density; d > 2: histograms of the first
     four marginals, with exact samples overlaid where the target has them.
     """
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     d = x.shape[1]
@@ -861,10 +863,7 @@ def plot_png(target: sdekit.AbstractTarget, x: np.ndarray, key: jax.Array,
                 ax.legend()
     if title:
         fig.suptitle(title)
-    buf = io.BytesIO()
-    FigureCanvasAgg(fig)
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
+    return _figure_png(fig)
 
 
 OUTPUT_FILES = ("samples.npz", "metrics.json", "samples.png", "config.toml")
@@ -899,10 +898,15 @@ def sample(target, sampler, process, score, controller, steps, train_iters, batc
            n, seed, sets, config_path, out, dry_run) -> None:
     """Draw samples from TARGET [default: gmm40] and write them with metrics and a plot.
 
+    TARGET is a registered name (sdekit list targets), or user code: path/to/file.py:NAME
+    or package.module:NAME (a log-density, with --set target.dim=D; a factory; or an
+    AbstractTarget), or numpyro:path/to/file.py:MODEL (a NumPyro model). See docs/numpyro.md.
+
     \b
     Writes into DIR, each file atomically:
       samples.npz   x (n, d), and log_weights (n,) when the sampler gives them
-                    (else the array is absent and has_log_weights is false)
+                    (else the array is absent and has_log_weights is false);
+                    for a NumPyro model, also one array per named site
       metrics.json  diagnostics (weights, sample-quality, when installed), timings,
                     n, n_nonfinite, has_log_weights
       config.toml   the complete configuration: --config DIR/config.toml reproduces
@@ -941,7 +945,8 @@ def sample(target, sampler, process, score, controller, steps, train_iters, batc
         source=str(config_path or "config"),
     )
     toml_text = _io.toml_dumps(cfg)
-    out_dir = Path(out or f"runs/{cfg['target']['name']}-{cfg['sampler']['name']}")
+    out_dir = Path(out or f"runs/{_target_spec.short_name(cfg['target']['name'])}-"
+                          f"{cfg['sampler']['name']}")
     if not dry_run:
         _io.check_writable_dir(out_dir)
     composed = compose_config(cfg)
@@ -964,9 +969,7 @@ def sample(target, sampler, process, score, controller, steps, train_iters, batc
     if metrics["n_nonfinite"]:
         _warn(f"{metrics['n_nonfinite']} of {cfg['n']} samples are not finite "
               f"(kept in samples.npz, counted in metrics.json)")
-    arrays = {"x": x}
-    if samples.log_weights is not None:
-        arrays["log_weights"] = np.asarray(samples.log_weights)
+    arrays = npz_arrays(samples, result["target"])  # x, log_weights, named sites
     try:
         png = plot_png(result["target"], x, result["key"],
                        title=f"{cfg['target']['name']}, {cfg['sampler']['name']}, n={cfg['n']}")
@@ -1018,6 +1021,118 @@ def _write_files(out_dir: Path, files: Mapping[str, bytes | str | None]) -> None
             except OSError:
                 pass
         raise
+
+
+# --------------------------------------------------------------------------------------
+# diagnostics of a finished run
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """The finished `sdekit sample` run in `run_dir`: its configuration, sampler (trained,
+    from `checkpoint.eqx`, where it trains), target and samples.
+
+    Returns `{"cfg", "sampler", "target", "samples"}`; raises `ConfigError` naming what
+    is missing or incomplete.
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.toml", "samples.npz"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"{run_dir / name} does not exist; is {run_dir} a finished "
+                              f"`sdekit sample` run?")
+    path = run_dir / "config.toml"
+    try:
+        config = _io.load_toml(path)
+    except ValueError as e:  # tomllib.TOMLDecodeError
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    cfg = resolve_config(config, source=str(path))
+    sampler = compose_config(cfg)
+    if isinstance(sampler, sdekit.AbstractTrainable):
+        checkpoint = run_dir / "checkpoint.eqx"
+        if not checkpoint.is_file():
+            raise ConfigError(f"{checkpoint} does not exist: the trained sampler is lost")
+        sampler, step = sdekit.load_checkpoint(sampler, checkpoint)
+        if step < sampler.train_options.steps:
+            raise ConfigError(
+                f"{checkpoint} holds {step} of {sampler.train_options.steps} training steps; "
+                f"finish the run first (sdekit sample --resume {run_dir})"
+            )
+    arrays = _io.load_npz(run_dir / "samples.npz")
+    samples = sdekit.Samples(jnp.asarray(arrays["x"]), (
+        jnp.asarray(arrays["log_weights"]) if "log_weights" in arrays else None
+    ))
+    target = getattr(sampler, "target", None)
+    if not isinstance(target, sdekit.AbstractTarget):
+        target = sdekit.create("target", cfg["target"]["name"],
+                               **{k: v for k, v in cfg["target"].items() if k != "name"})
+    return {"cfg": cfg, "sampler": sampler, "target": target, "samples": samples}
+
+
+def _figure_png(fig: Any) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+@cli.command()
+@click.argument("run_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False))
+@click.option("--diagnostic", "-d", "names", multiple=True, metavar="NAME",
+              help=f"A registered diagnostic; repeatable [default: {', '.join(DEFAULT_DIAGNOSTICS)}].")
+@click.option("--set", "sets", multiple=True, metavar="NAME.OPTION=VALUE",
+              help="Set an option of diagnostic NAME; VALUE is read as TOML. Repeatable.")
+def diagnose(run_dir, names, sets) -> None:
+    """Run diagnostics on the finished `sdekit sample` run in DIR.
+
+    \b
+    Recomposes the run from DIR/config.toml (the trained sampler from checkpoint.eqx),
+    reads DIR/samples.npz, and writes into DIR, atomically:
+      diagnostics.json  {NAME: {metric: value}} for each diagnostic, and "errors"
+                        {NAME: message} for those that failed (exit status 1)
+      NAME.png          for each diagnostic that draws a figure of its results
+    The keys are those of `sdekit sample`'s metrics (same seed, same values).
+    """
+    reg = sdekit.registry()
+    if names:
+        names = tuple(dict.fromkeys(names))
+        for name in names:
+            reg.get("diagnostic", name)  # an unknown name fails before any work
+    else:
+        names = tuple(n for n in DEFAULT_DIAGNOSTICS if n in reg.names("diagnostic"))
+    options: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for text in sets:
+        name, option, value = parse_set(text, names)
+        options[name][option] = value
+    diagnostics = {name: sdekit.create("diagnostic", name, **options[name]) for name in names}
+    run = load_run(run_dir)
+    key = jax.random.fold_in(jax.random.PRNGKey(run["cfg"]["seed"]), 1)
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    files: dict[str, bytes | str | None] = {}
+    for name, diagnostic in diagnostics.items():
+        try:
+            values = jax.block_until_ready(dict(diagnostic(
+                key, target=run["target"], sampler=run["sampler"], samples=run["samples"]
+            )))
+            fig = diagnostic.plot(values)
+            files[f"{name}.png"] = None if fig is None else _figure_png(fig)
+        except Exception as e:  # noqa: BLE001 - keep the other diagnostics' results
+            if _debugging():
+                raise
+            errors[name] = f"{type(e).__name__}: {_one_line(str(e))}"
+            _warn(f"diagnostic {name!r} failed: {errors[name]}")
+            continue
+        results[name] = {k: _io.json_safe(v) for k, v in values.items()}
+        _echo_rows([(f"{name}.{k}", _format_metric(v)) for k, v in results[name].items()]
+                   or [(name, "(does not apply to this run)")])
+    if errors:
+        results["errors"] = errors
+    _write_files(Path(run_dir), {"diagnostics.json": _io.json_dumps(results), **files})
+    click.echo(f"wrote {Path(run_dir) / 'diagnostics.json'}"
+               + "".join(f", {n}" for n, d in files.items() if d is not None))
+    if errors:
+        raise SystemExit(1)
 
 
 def _format_metric(v: Any) -> str:

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -134,6 +135,14 @@ class FakeDiag(sdekit.AbstractDiagnostic):
     def __call__(self, key, *, target=None, sampler=None, samples=None):
         return {"fake_mean": jnp.nanmean(samples.x), "fake_nan": jnp.nan,
                 "fake_vec": jnp.arange(2.0), "n": 123.0}
+
+
+    def plot(self, values):
+        from matplotlib.figure import Figure
+
+        fig = Figure()
+        fig.add_subplot().plot(np.asarray(values["fake_vec"]))
+        return fig
 
 
 class BrokenDiag(sdekit.AbstractDiagnostic):
@@ -612,6 +621,54 @@ def test_json_is_strict():
 
 
 # --------------------------------------------------------------------------------------
+# diagnose
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_diagnose_reproduces_the_run_metrics_and_draws(runner, fake, tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(cli, [*FAST, "--out", str(out)]).exit_code == 0
+    result = runner.invoke(cli, ["diagnose", str(out), "-d", "fake-diag"])
+    assert result.exit_code == 0, result.output
+    assert "fake-diag.fake_mean" in result.output
+    found = json.loads((out / "diagnostics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert found["fake-diag"]["fake_mean"] == metrics["fake_mean"]
+    assert found["fake-diag"]["fake_vec"] == [0.0, 1.0] and found["fake-diag"]["fake_nan"] is None
+    assert (out / "fake-diag.png").read_bytes().startswith(PNG)
+
+
+def test_diagnose_keeps_results_when_one_fails(runner, fake, tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(cli, [*FAST, "--out", str(out)]).exit_code == 0
+    result = runner.invoke(cli, ["diagnose", str(out)])  # the defaults, one broken
+    assert result.exit_code == 1
+    assert "this diagnostic is broken" in result.stderr and "Traceback" not in result.output
+    found = json.loads((out / "diagnostics.json").read_text())
+    assert set(found) == {"fake-diag", "errors"}
+    assert "this diagnostic is broken" in found["errors"]["fake-broken-diag"]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["-d", "fake-dig"], ["fake-dig", "Did you mean 'fake-diag'"]),
+    (["-d", "fake-diag", "--set", "weights.x=1"], ["weights.x", "fake-diag"]),
+    (["-d", "fake-diag", "--set", "fake-diag.nope=1"], ["nope"]),
+])
+def test_diagnose_bad_input(runner, fake, tmp_path, args, needles):
+    out = tmp_path / "run"
+    assert runner.invoke(cli, [*FAST, "--out", str(out)]).exit_code == 0
+    one_line_error(runner.invoke(cli, ["diagnose", str(out), *args]), *needles)
+    assert not (out / "diagnostics.json").exists()
+
+
+def test_diagnose_needs_a_finished_run(runner, fake, tmp_path):
+    one_line_error(runner.invoke(cli, ["diagnose", str(tmp_path)]), "config.toml", "does not exist")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------
 # the built-in plugins, where they are installed
 
 
@@ -676,3 +733,67 @@ def test_installed_script(tmp_path):
     if registered("diagnostic", "weights"):
         assert "log_Z" in metrics and "ess" in metrics
     assert _io.load_npz(out / "samples.npz")["x"].shape == (300, 2)
+
+
+PIS_RUN = ["sample", "gaussian", "--sampler", "pis", "--steps", "8", "--batch", "16",
+           "-n", "64", "--seed", "3", "--set", "controller.width=8", "--train-iters", "1000"]
+
+
+def _script() -> str:
+    script = Path(sys.executable).with_name("sdekit")
+    script = str(script) if script.exists() else shutil.which("sdekit")
+    if script is None:
+        pytest.skip("the sdekit script is not installed")
+    return script
+
+
+def _trained_steps(run: Path) -> int:
+    cfg = cli_module.resolve_config(_io.load_toml(run / "config.toml"))
+    return sdekit.load_checkpoint(cli_module.compose_config(cfg), run / "checkpoint.eqx")[1]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_uninterrupted_run(runner, tmp_path, monkeypatch):
+    """Kill the installed script after its first checkpoint, `--resume` the run, and get
+    bit for bit the samples of an uninterrupted run; `diagnose` then reloads the trained
+    sampler from the checkpoint."""
+    if not registered("sampler", "pis"):
+        pytest.skip("the samplers plugin is not installed yet")
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    proc = subprocess.Popen([_script(), *PIS_RUN, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoint.eqx").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.01)
+    proc.kill()
+    proc.communicate()
+    assert 0 < (partial_steps := _trained_steps(killed)) < 1000
+    assert sorted(p.name for p in killed.iterdir()) == ["checkpoint.eqx", "config.toml"]
+    partial = tmp_path / "partial"
+    shutil.copytree(killed, partial)
+
+    monkeypatch.setattr(cli_module, "DEFAULT_DIAGNOSTICS", ("weights",))
+    result = runner.invoke(cli, ["sample", "--resume", str(killed)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, [*PIS_RUN, "--out", str(whole)])
+    assert result.exit_code == 0, result.output
+    assert _trained_steps(killed) == _trained_steps(whole) == 1000
+    a, b = _io.load_npz(killed / "samples.npz"), _io.load_npz(whole / "samples.npz")
+    np.testing.assert_array_equal(a["x"], b["x"])
+    np.testing.assert_array_equal(a["log_weights"], b["log_weights"])
+
+    result = runner.invoke(cli, ["diagnose", str(killed), "-d", "weights"])
+    assert result.exit_code == 0, result.output
+    found = json.loads((killed / "diagnostics.json").read_text())["weights"]
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert found["eubo"] == metrics["eubo"] and found["log_Z"] == metrics["log_Z"]
+
+    shutil.copy(whole / "samples.npz", partial)
+    one_line_error(runner.invoke(cli, ["diagnose", str(partial)]),
+                   f"{partial_steps} of 1000 training steps", "--resume")
+    config = (whole / "config.toml").read_text().replace("train_iters = 1000", "train_iters = 900")
+    (whole / "config.toml").write_text(config)
+    one_line_error(runner.invoke(cli, ["diagnose", str(whole)]),
+                   "not a checkpoint of this model", "train_iters")

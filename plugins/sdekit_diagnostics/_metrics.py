@@ -241,7 +241,7 @@ def _sinkhorn_solve(x, y, epsilon, relative, max_iterations: int, threshold: flo
 
     fast = solve(acceleration.Momentum(start=20))
     value, converged, n_iters = jax.lax.cond(
-        jnp.isfinite(fast[0]), lambda: fast, lambda: solve(acceleration.Momentum())
+        jnp.isfinite(fast[0]) & fast[1], lambda: fast, lambda: solve(acceleration.Momentum())
     )
     finite = jnp.isfinite(value)
     return SinkhornResult(jnp.where(finite, value, jnp.nan), eps, converged & finite, n_iters)
@@ -285,8 +285,8 @@ def sinkhorn(
     The solver (log-domain Sinkhorn) anneals $\varepsilon$ from $100\times$ its target
     down by a factor 0.95 per iteration and then uses Lehmann et al.'s adaptive
     over-relaxation (ott-jax `Momentum(start=20)`): several times fewer iterations at small
-    $\varepsilon$ on clustered clouds. Should that give a non-finite cost, it reruns
-    without momentum. The cost matrix (at most `max_points`$^2$ floats) is formed once.
+    $\varepsilon$ on clustered clouds. Should that not converge or give a non-finite cost,
+    it reruns without momentum. The cost matrix (at most `max_points`$^2$ floats) is formed once.
     On a CPU a 2000-point problem costs about 10 ms per iteration.
 
     Jit-able (`max_points`, `relative_epsilon`, `max_iterations`, `threshold` static).
