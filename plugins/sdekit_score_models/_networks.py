@@ -1,0 +1,124 @@
+"""Score networks: a direct score net $s_\\theta(t, x)$ and a potential net $u_\\theta(t, x)$."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar, ScalarLike
+
+from sdekit import AbstractProcess, AbstractScore
+
+__all__ = ["ACTIVATIONS", "KINDS", "PotentialNet", "ScoreNet", "TimeEmbedding", "score_network"]
+
+#: Activations by name (smooth ones only: the Fokker–Planck residual differentiates the
+#: network two or three times).
+ACTIVATIONS = {
+    "softplus": jax.nn.softplus,
+    "silu": jax.nn.silu,
+    "gelu": jax.nn.gelu,
+    "tanh": jnp.tanh,
+}
+#: Network kinds: a direct score net, or a potential net whose gradient is the score.
+KINDS = ("score", "potential")
+SCALES = ("auto", "sigma", "none")
+
+
+class TimeEmbedding(eqx.Module):
+    r"""$\tau = t/T$ and, with `features` $= K > 0$, $\sin(\omega_k\tau)$, $\cos(\omega_k\tau)$ for
+    $K$ frequencies $\omega_k$ geometrically spaced in $[1, \omega_{\max}]$."""
+
+    T: float = eqx.field(static=True)
+    features: int = eqx.field(static=True)
+    max_frequency: float = eqx.field(static=True)
+
+    @property
+    def size(self) -> int:
+        return 1 + 2 * self.features
+
+    def __call__(self, t: ScalarLike) -> Float[Array, " size"]:
+        tau = jnp.reshape(t / self.T, (1,))
+        if self.features == 0:
+            return tau
+        omega = jnp.geomspace(1.0, self.max_frequency, self.features)
+        return jnp.concatenate([tau, jnp.sin(omega * tau), jnp.cos(omega * tau)])
+
+
+class _Net(AbstractScore):
+    """What both networks share: an MLP on `(x, emb(t))`, divided by $\\sigma_t$ if scaled."""
+
+    time: TimeEmbedding
+    mlp: eqx.nn.MLP
+    process: AbstractProcess
+    scaled: bool = eqx.field(static=True)
+
+    def _raw(self, t: ScalarLike, x: Float[Array, " d"]) -> Array:
+        out = self.mlp(jnp.concatenate([x, self.time(t)]))
+        if self.scaled:
+            out = out / self.process.marginal(t)[1]
+        return out
+
+
+class ScoreNet(_Net):
+    r"""A direct score network $s_\theta(t, x) = \mathrm{MLP}(x, \mathrm{emb}(t))$
+    (divided by the transition std $\sigma_t$ when scaled)."""
+
+    def __call__(self, t: ScalarLike, x: Float[Array, " d"]) -> Float[Array, " d"]:
+        return self._raw(t, x)
+
+
+class PotentialNet(_Net):
+    r"""A potential network: a scalar $u_\theta(t, x) = \mathrm{MLP}(x, \mathrm{emb}(t))$ (an
+    unnormalised $\log p_t$), whose gradient is the score, $s_\theta = \nabla_x u_\theta$."""
+
+    def potential(self, t: ScalarLike, x: Float[Array, " d"]) -> Scalar:
+        """$u_\\theta(t, x)$."""
+        return self._raw(t, x)
+
+    def __call__(self, t: ScalarLike, x: Float[Array, " d"]) -> Float[Array, " d"]:
+        return jax.grad(self.potential, argnums=1)(t, x)
+
+
+def score_network(
+    dim: int,
+    process: AbstractProcess,
+    kind: str = "potential",
+    width: int = 64,
+    depth: int = 3,
+    activation: str = "softplus",
+    time_features: int = 8,
+    max_frequency: float = 30.0,
+    scale: str = "auto",
+    *,
+    key: PRNGKeyArray,
+) -> ScoreNet | PotentialNet:
+    r"""A score network for data of dimension `dim` under `process`.
+
+    **Arguments:**
+
+    - `kind`: `"potential"` (a scalar net $u_\theta$, score $\nabla_x u_\theta$) or
+      `"score"` (a direct score net).
+    - `width`, `depth`: the MLP's hidden width and number of hidden layers.
+    - `activation`: `softplus`, `silu`, `gelu` or `tanh`.
+    - `time_features`, `max_frequency`: the time embedding (`TimeEmbedding`); 0 features
+      gives the MLP $t/T$ only.
+    - `scale`: `"sigma"` divides the output by the transition std $\sigma_t$ (the score of
+      the noised data is $O(1/\sigma_t)$ near $t = 0$), `"none"` does not; `"auto"` is
+      `"sigma"` for a score net and `"none"` for a potential net.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    for name, value, least in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 0),
+                               ("time_features", time_features, 0)):
+        if isinstance(value, bool) or not (isinstance(value, int) and value >= least):
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    if not max_frequency >= 1:
+        raise ValueError(f"max_frequency must be >= 1, got {max_frequency!r}")
+    time = TimeEmbedding(float(process.T), time_features, float(max_frequency))
+    out = "scalar" if kind == "potential" else dim
+    mlp = eqx.nn.MLP(dim + time.size, out, width, depth, activation=ACTIVATIONS[activation], key=key)
+    scaled = scale == "sigma" or (scale == "auto" and kind == "score")
+    cls = PotentialNet if kind == "potential" else ScoreNet
+    return cls(time, mlp, process, scaled)
