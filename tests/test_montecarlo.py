@@ -1,0 +1,189 @@
+"""Training-free drifts and baselines: `follmer` and `mc-score` against exact mixture scores,
+the `follmer` sampler's log Ẑ, `smc` log Ẑ, `nuts` moments, chunked memory, bad options."""
+
+import math
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpyro.diagnostics import effective_sample_size
+
+import sdekit
+from sdekit_montecarlo import FollmerDrift
+
+TARGETS = {
+    "gaussian": {"name": "gaussian", "dim": 2, "scale": [0.7, 1.3]},
+    "gmm": {"name": "gmm", "means": [[-2.0, 0.0], [2.0, 1.0]], "weights": [0.3, 0.7]},
+}
+
+
+def _target(which: str):
+    spec = dict(TARGETS[which])
+    return sdekit.create("target", spec.pop("name"), **spec)
+
+
+@eqx.filter_jit
+def _estimate(score, t, x):
+    return jax.vmap(score.estimate, in_axes=(None, 0))(t, x)
+
+
+def _errors(name, target, process, gradient, times, draws):
+    """RMS error against the exact score and RMS Monte-Carlo standard error, per time."""
+    exact = sdekit.create("score", "exact", target=target, process=process)
+    score = sdekit.create("score", name, target=target, process=process, gradient=gradient,
+                          draws=draws, chunk=min(draws, 1024))
+    x = target.sample(jax.random.key(7), 100)
+    out = []
+    for t in times:
+        value, se = _estimate(score, jnp.asarray(t), x)
+        if isinstance(score, FollmerDrift):  # estimate() is the control u; the score is u - x/r_t^2
+            value = value - x / score.process.reference_std(t) ** 2
+        truth = jax.vmap(exact, in_axes=(None, 0))(t, x)
+        out.append((math.sqrt(float(jnp.mean(jnp.sum((value - truth) ** 2, -1)))),
+                    math.sqrt(float(jnp.mean(se**2)))))
+    return out
+
+
+# The Föllmer weights h = γ / N(0, σ²T) are light-tailed only if σ²T exceeds the target's
+# variance in every direction (the gaussian has std 1.3 along one axis): σ = 1.5 there.
+PBM = {"name": "pbm", "sigma": 1.5}
+CASES = [
+    ("gaussian", "follmer", PBM, (0.2, 0.7), "autodiff"),
+    ("gmm", "follmer", PBM, (0.2, 0.7), "autodiff"),
+    ("gmm", "follmer", PBM, (0.5,), "stein"),
+    ("gaussian", "mc-score", "vp", (0.05, 0.3), "auto"),
+    ("gmm", "mc-score", "vp", (0.05, 0.3), "auto"),
+    ("gmm", "mc-score", "vp", (0.3,), "stein"),
+]
+
+
+def _process(spec):
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    return sdekit.create("process", spec.pop("name"), **spec)
+
+
+@pytest.mark.parametrize("which,name,process,times,gradient", CASES)
+def test_drift_converges_to_the_exact_score(which, name, process, times, gradient):
+    target = _target(which)
+    process = _process(process)
+    coarse = _errors(name, target, process, gradient, times, 100)
+    fine = _errors(name, target, process, gradient, times, 4096)
+    for (e_coarse, _), (e_fine, se_fine) in zip(coarse, fine):
+        # The error falls like 1/sqrt(draws) (x6.4 here) and matches the MC standard error.
+        assert e_fine < e_coarse / 3
+        assert e_fine < 2 * se_fine
+
+
+def test_follmer_score_is_the_follmer_sde_under_reverse_sde():
+    # reverse-sde with process pbm and the follmer score takes the same steps as the
+    # follmer sampler (its drift -f + g^2 s is sigma^2 u): same samples, same weights.
+    target = _target("gaussian")
+    score = {"name": "follmer", "draws": 64, "chunk": 32, "common_draws": True}
+    rev = sdekit.compose(target, {"name": "reverse-sde", "steps": 8}, process=PBM, score=score)
+    fol = sdekit.compose(target, {"name": "follmer", "steps": 8, "draws": 64, "chunk": 32,
+                                  "common_draws": True}, process=PBM)
+    key = jax.random.key(3)
+    k_drift, k_path = jax.random.split(key)
+    fol_sde = eqx.tree_at(lambda s: s.controller.drift.key, fol.sde, rev.score.key)
+    a, b = rev.sample(k_path, 64), fol_sde.sample(k_path, 64)
+    np.testing.assert_allclose(a.x, b.x, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(a.log_weights, b.log_weights, rtol=1e-4, atol=1e-3)
+
+
+def _log_Z_and_se(log_w):
+    w = np.exp(np.asarray(log_w, dtype=np.float64) - float(np.max(log_w)))
+    rel = w / w.mean()
+    return float(sdekit.log_Z_estimate(log_w)), float(np.sqrt(np.mean((rel - 1) ** 2) / w.size))
+
+
+def test_follmer_sampler_log_Z_on_gaussian():
+    target = _target("gaussian")
+    sampler = sdekit.compose(target, {"name": "follmer", "steps": 16, "draws": 64, "chunk": 32},
+                             process=PBM)
+    samples, stats = sampler.sample_with_stats(jax.random.key(0), 1000)
+    assert stats["target_evaluations"] == 1000 * (16 * 64 + 1)
+    log_Z, se = _log_Z_and_se(samples.log_weights)
+    assert se < 0.05
+    assert abs(log_Z - target.log_Z) < 5 * se
+    # a fresh key gives fresh drift draws
+    again = sampler.sample(jax.random.key(1), 1000)
+    assert not np.allclose(again.log_weights, samples.log_weights)
+
+
+@pytest.mark.parametrize("name,true_log_Z", [("gaussian", 1.5), ("many-well-54", -0.5411)])
+def test_smc_log_Z(name, true_log_Z):
+    target = _target(name) if name in TARGETS else sdekit.create("target", name)
+    sampler = sdekit.compose(target, {"name": "smc", "steps": 40, "mcmc_steps": 2, "leapfrog": 4})
+    runs = []
+    for seed in range(4):
+        samples, stats = sampler.sample_with_stats(jax.random.key(seed), 500)
+        runs.append(float(sdekit.log_Z_estimate(samples.log_weights)))
+        assert np.ptp(np.asarray(samples.log_weights)) == 0
+        assert stats["target_evaluations"] == 41 * 500 * (2 + 2 * 4)
+    runs = np.array(runs)
+    assert abs(runs.mean() - true_log_Z) < 5 * runs.std(ddof=1) / math.sqrt(len(runs))
+    assert runs.std(ddof=1) < 0.2
+
+
+def test_nuts_moments_on_gaussian():
+    target = _target("gaussian")
+    sampler = sdekit.compose(target, {"name": "nuts", "num_warmup": 150, "chains": 2})
+    samples, stats = sampler.sample_with_stats(jax.random.key(0), 1000)
+    assert samples.log_weights is None and samples.x.shape == (1000, 2)
+    assert int(stats["target_evaluations"]) > 2 * (150 + 500)
+    x = np.asarray(samples.x)
+    chains = np.stack([x[0::2], x[1::2]])  # the samples interleave the chains
+    ess = effective_sample_size(chains)
+    var = np.diag(np.asarray(target.cov))
+    np.testing.assert_array_less(np.abs(x.mean(0) - np.asarray(target.mean)), 5 * np.sqrt(var / ess))
+    np.testing.assert_array_less(np.abs(x.var(0) - var), 5 * var * np.sqrt(2 / ess))
+
+
+def test_chunking_bounds_memory():
+    # The working set of N points x M draws is N x chunk, not N x M.
+    target = sdekit.create("target", "gaussian", dim=10)
+    process = sdekit.create("process", "pbm")
+    x = jnp.zeros((500, 10))
+
+    def temp_bytes(chunk):
+        drift = sdekit.create("score", "follmer", target=target, process=process, draws=400, chunk=chunk)
+        fn = jax.jit(jax.vmap(drift, in_axes=(None, 0)))
+        return fn.lower(0.5, x).compile().memory_analysis().temp_size_in_bytes
+
+    small, whole = temp_bytes(10), temp_bytes(None)
+    assert whole > 500 * 400 * 10 * 4  # at least the N x M x d shifted points
+    assert small < whole / 20
+
+
+@pytest.mark.parametrize(
+    "kind,name,options,bad",
+    [
+        ("score", "follmer", {"draws": 0}, "0"),
+        ("score", "follmer", {"chunk": -3}, "-3"),
+        ("score", "mc-score", {"gradient": "fd"}, "'fd'"),
+        ("score", "mc-score", {"common_draws": "yes"}, "'yes'"),
+        ("sampler", "follmer", {"draws": 2.5}, "2.5"),
+        ("sampler", "nuts", {"chains": 0}, "0"),
+        ("sampler", "nuts", {"target_accept": 1.5}, "1.5"),
+        ("sampler", "smc", {"steps": -1}, "-1"),
+        ("sampler", "smc", {"sigma": 0.0}, "0.0"),
+    ],
+)
+def test_bad_options_name_the_value(kind, name, options, bad):
+    target = _target("gaussian")
+    parts = {"target": target}
+    if kind == "score":
+        parts["process"] = sdekit.create("process", "pbm" if name == "follmer" else "vp")
+    with pytest.raises(sdekit.CompositionError, match=re.escape(bad)):
+        sdekit.create(kind, name, **parts, **options)
+
+
+def test_follmer_rejects_other_processes():
+    with pytest.raises(sdekit.CompositionError, match="needs process 'pbm', got VP"):
+        sdekit.compose("gaussian", "follmer", process="vp")
+    with pytest.raises(sdekit.CompositionError, match="needs process 'pbm', got VP"):
+        sdekit.compose("gaussian", "reverse-sde", process="vp", score="follmer")
+
