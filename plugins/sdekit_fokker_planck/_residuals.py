@@ -1,0 +1,229 @@
+r"""Monte-Carlo estimates over $t$ and $x \sim p_t$: the FP residuals, the score error, the Girsanov bound.
+
+Points are drawn by the forward process from data: $t$ stratified uniform on
+$[t_{\min}, t_{\max}]$ (one per stratum), $x_t = a_t x_0 + \sigma_t \varepsilon$ with $x_0$
+from the data. Every estimate comes with its standard error (the points are treated as
+independent, which is conservative for the stratified times).
+"""
+
+import math
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from sdekit import AbstractProcess, AbstractScore
+
+from ._operators import check_divergence, log_fp_residual, score_fp_residual, squared_norm_estimate
+
+
+def noised_points(
+    key: PRNGKeyArray,
+    process: AbstractProcess,
+    x0: Float[Array, "m d"],
+    n: int,
+    t_min: float | None = None,
+    t_max: float | None = None,
+) -> tuple[Float[Array, " n"], Float[Array, "n d"]]:
+    r"""`n` pairs $(t_i, x_i)$, $x_i \sim p_{t_i}$: stratified times on `[t_min, t_max]`
+    (default: the process's sampling window) and data rows drawn with replacement from `x0`."""
+    lo = process.t_min if t_min is None else t_min
+    hi = process.t_max if t_max is None else t_max
+    if not lo < hi:
+        raise ValueError(f"need t_min < t_max, got t_min={lo}, t_max={hi}")
+    if isinstance(n, bool) or not (isinstance(n, int) and n >= 2):
+        raise ValueError(f"the number of points must be an integer >= 2, got {n!r}")
+    k_t, k_i, k_e = jax.random.split(key, 3)
+    u = (jnp.arange(n) + jax.random.uniform(k_t, (n,), dtype=x0.dtype)) / n
+    ts = lo + (hi - lo) * u
+    rows = x0[jax.random.randint(k_i, (n,), 0, x0.shape[0])]
+    a, sigma = jax.vmap(process.marginal)(ts)
+    eps = jax.random.normal(k_e, rows.shape, dtype=x0.dtype)
+    return ts, a[:, None] * rows + sigma[:, None] * eps
+
+
+def _mean_se(values: Array) -> tuple[float, float]:
+    values = jnp.asarray(values)
+    n = values.shape[0]
+    return float(jnp.mean(values)), float(jnp.std(values, ddof=1) / math.sqrt(n))
+
+
+def _potential_of(score) -> Callable | None:
+    """`score.potential` (a potential net), else `score.log_prob` (an exact score), else `None`."""
+    for name in ("potential", "log_prob"):
+        fn = getattr(score, name, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+@eqx.filter_jit
+def _score_values(score, process, ts, xs, keys, divergence: str, probes: int, chunk: int):
+    d = xs.shape[-1]
+
+    def one(args):
+        t, x, k = args
+        if divergence == "exact":
+            R, scale = score_fp_residual(score, process, t, x)
+            return jnp.dot(R, R), scale
+        v = jax.random.rademacher(k, (probes, d)).astype(x.dtype)
+        R, scale = jax.vmap(lambda p: score_fp_residual(score, process, t, x, p))(v)
+        return squared_norm_estimate(R), jnp.mean(scale)
+
+    return jax.lax.map(one, (ts, xs, keys), batch_size=chunk)
+
+
+@eqx.filter_jit
+def _log_values(potential, process, ts, xs, keys, divergence: str, probes: int, chunk: int):
+    d = xs.shape[-1]
+
+    def one(args):
+        t, x, k = args
+        if divergence == "exact":
+            r, scale = log_fp_residual(potential, process, t, x)
+            return r**2, scale
+        v = jax.random.rademacher(k, (probes, d)).astype(x.dtype)
+        r, scale = jax.vmap(lambda p: log_fp_residual(potential, process, t, x, p))(v)
+        return squared_norm_estimate(r), jnp.mean(scale)
+
+    return jax.lax.map(one, (ts, xs, keys), batch_size=chunk)
+
+
+def fp_residual_values(
+    key: PRNGKeyArray,
+    score: AbstractScore,
+    process: AbstractProcess,
+    ts: Float[Array, " n"],
+    xs: Float[Array, "n d"],
+    *,
+    divergence: str = "exact",
+    probes: int = 2,
+    log_density: bool = False,
+    chunk: int = 256,
+) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
+    r"""Per point: an unbiased estimate of $\|R(t_i, x_i)\|^2$, and the scale of the two sides.
+
+    The score residual, or with `log_density=True` the log-density residual of the score's
+    `potential` (or `log_prob`). Exact divergences, or Hutchinson with `probes` Rademacher
+    probes per point (`squared_norm_estimate`). `chunk` points are vmapped at a time.
+    """
+    check_divergence(divergence, probes)
+    keys = jax.random.split(key, ts.shape[0])
+    if not log_density:
+        return _score_values(score, process, ts, xs, keys, divergence, probes, chunk)
+    potential = _potential_of(score)
+    if potential is None:
+        raise ValueError(
+            f"{type(score).__name__} has no `potential(t, x)` or `log_prob(t, x)`, so it has no "
+            "log-density residual"
+        )
+    return _log_values(potential, process, ts, xs, keys, divergence, probes, chunk)
+
+
+def fp_residual(
+    key: PRNGKeyArray,
+    score: AbstractScore,
+    process: AbstractProcess,
+    x0: Float[Array, "m d"],
+    *,
+    n: int = 1000,
+    divergence: str = "exact",
+    probes: int = 2,
+    t_min: float | None = None,
+    t_max: float | None = None,
+    chunk: int = 256,
+) -> dict[str, float]:
+    r"""$E_{t, x\sim p_t}\|R\|^2$ for the score FP residual, with its standard error.
+
+    `x0`: data (rows of the target law $\pi$); `n` points $(t, x_t)$ from `noised_points`.
+    Returns `fp_residual`, `fp_residual_se` and `fp_residual_relative`
+    ($\sqrt{E\|R\|^2 / E[\text{scale}]}$, see `score_fp_residual`); and for a score with a
+    `potential` (or `log_prob`) the same three for the log-density residual, prefixed `log_`.
+    """
+    k_pts, k_s, k_u = jax.random.split(key, 3)
+    ts, xs = noised_points(k_pts, process, x0, n, t_min, t_max)
+    options = dict(divergence=divergence, probes=probes, chunk=chunk)
+    out = {}
+    prefixes = [("fp_residual", False)]
+    if _potential_of(score) is not None:
+        prefixes.append(("log_fp_residual", True))
+    for (name, log_density), k in zip(prefixes, (k_s, k_u)):
+        values, scale = fp_residual_values(k, score, process, ts, xs, log_density=log_density, **options)
+        mean, se = _mean_se(values)
+        out[name] = mean
+        out[f"{name}_se"] = se
+        out[f"{name}_relative"] = math.sqrt(max(mean, 0.0) / float(jnp.mean(scale)))
+    return out
+
+
+@eqx.filter_jit
+def _sq_errors(score, reference, ts, xs):
+    """`|score - reference|^2` and `|reference|^2` at each point."""
+    ref = jax.vmap(reference)(ts, xs)
+    return jnp.sum((jax.vmap(score)(ts, xs) - ref) ** 2, -1), jnp.sum(ref**2, -1)
+
+
+def score_error(
+    key: PRNGKeyArray,
+    score: AbstractScore,
+    reference: AbstractScore,
+    process: AbstractProcess,
+    x0: Float[Array, "m d"],
+    *,
+    n: int = 4000,
+    t_min: float | None = None,
+    t_max: float | None = None,
+) -> dict[str, float]:
+    r"""$E_{t, x\sim p_t}\|s_\theta(t, x) - \nabla\log p_t(x)\|^2$ against the exact `reference` score.
+
+    Returns `score_error`, `score_error_se`, and the relative error
+    `score_error_relative` $= E\|s_\theta - s\|^2 / E\|s\|^2$.
+    """
+    ts, xs = noised_points(key, process, x0, n, t_min, t_max)
+    sq, ref_sq = _sq_errors(score, reference, ts, xs)
+    mean, se = _mean_se(sq)
+    return {"score_error": mean, "score_error_se": se, "score_error_relative": mean / float(jnp.mean(ref_sq))}
+
+
+def girsanov_bound(
+    key: PRNGKeyArray,
+    score: AbstractScore,
+    reference: AbstractScore,
+    process: AbstractProcess,
+    x0: Float[Array, "m d"],
+    *,
+    n: int = 4000,
+) -> dict[str, float]:
+    r"""The Girsanov bound on $\mathrm{KL}(p_{t_{\min}} \,\|\, q)$ for the reverse SDE with score $s_\theta$.
+
+    $\mathrm{KL}(p_{t_{\max}} \| \text{prior}) + \tfrac12\int_{t_{\min}}^{t_{\max}} g(t)^2
+    E_{p_t}\|s_\theta - \nabla\log p_t\|^2\,dt$ (the reverse SDE in continuous time, started
+    from the process's prior). `reference` is the exact score and must have `log_prob(t, x)`
+    (the exact mixture score does). Returns `girsanov_bound`, its standard error
+    `girsanov_bound_se`, and the two terms `kl_prior` (Monte Carlo, `kl_prior_se`) and
+    `score_term` (`score_term_se`).
+    """
+    if not callable(getattr(reference, "log_prob", None)):
+        raise ValueError(f"the reference score {type(reference).__name__} needs log_prob(t, x) for KL(p_T || prior)")
+    k_pts, k_prior = jax.random.split(key)
+    lo, hi = process.t_min, process.t_max
+    ts, xs = noised_points(k_pts, process, x0, n)
+    g2 = jax.vmap(process.diffusion)(ts) ** 2
+    term = 0.5 * (hi - lo) * g2 * _sq_errors(score, reference, ts, xs)[0]
+    score_term, score_se = _mean_se(term)
+    k_i, k_e = jax.random.split(k_prior)
+    a, sigma = process.marginal(hi)
+    rows = x0[jax.random.randint(k_i, (n,), 0, x0.shape[0])]
+    x_T = a * rows + sigma * jax.random.normal(k_e, rows.shape, dtype=x0.dtype)
+    log_ratio = jax.vmap(lambda x: reference.log_prob(hi, x) - process.prior_log_prob(x))(x_T)
+    kl, kl_se = _mean_se(log_ratio)
+    return {
+        "girsanov_bound": kl + score_term,
+        "girsanov_bound_se": math.hypot(kl_se, score_se),
+        "kl_prior": kl,
+        "kl_prior_se": kl_se,
+        "score_term": score_term,
+        "score_term_se": score_se,
+    }

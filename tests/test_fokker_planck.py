@@ -1,0 +1,218 @@
+"""Fokker–Planck diagnostics and the finite-volume solver, against exact mixture scores and the OU solution."""
+
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sdekit
+from sdekit_fokker_planck import (
+    FokkerPlanck,
+    Grid,
+    SinePerturbedScore,
+    divergence,
+    fp_residual,
+    fp_residual_values,
+    hutchinson_divergence,
+    noised_points,
+    ode_sde_gap,
+)
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+MEANS = [[-2.0, 0.0], [2.0, 1.0], [0.0, 3.0]]
+PROCESSES = {
+    "vp": ("vp", {}),
+    "ve": ("ve", {}),
+    "ou": ("vp", {"beta_min": 2.0, "beta_max": 2.0, "T": 5.0}),
+    "pbm": ("pbm", {}),
+}
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _target():
+    return sdekit.create("target", "gmm", means=MEANS, covs=[0.5, 1.0, 0.3], weights=[1.0, 2.0, 1.0])
+
+
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_fp_residual_vanishes_for_exact_score(name):
+    """Score and log-density residuals of the exact mixture marginals: zero to float64 rounding."""
+    with jax.enable_x64(True):
+        target = _target()
+        process = sdekit.create("process", PROCESSES[name][0], **PROCESSES[name][1])
+        score = sdekit.create("score", "exact", target=target, process=process)
+        ts, xs = noised_points(jax.random.key(0), process, target.sample(jax.random.key(1), 64), 64)
+        for log_density in (False, True):
+            values, scale = fp_residual_values(jax.random.key(2), score, process, ts, xs, log_density=log_density)
+            assert values.dtype == jnp.float64
+            # |R|^2 relative to the size of the two sides, point by point.
+            assert float(jnp.max(values / scale)) < 1e-20, (name, log_density)
+
+
+N_POINTS = 256  # one shape for every float32 residual below: shared compilations
+
+
+@pytest.fixture(scope="module")
+def vp_parts():
+    target = _target()
+    process = sdekit.create("process", "vp")
+    exact = sdekit.create("score", "exact", target=target, process=process)
+    # epsilon as an array: the exact (0) and perturbed scores share compilations.
+    perturbed = lambda eps: SinePerturbedScore(exact, jnp.asarray(eps), 2.0)  # noqa: E731
+    return target, process, perturbed
+
+
+def test_fp_residual_nonzero_for_perturbed_score(vp_parts):
+    target, process, perturbed = vp_parts
+    x0 = target.sample(jax.random.key(0), N_POINTS)
+    out = fp_residual(jax.random.key(1), perturbed(0.1), process, x0, n=N_POINTS)
+    assert out["fp_residual"] > 10 * out["fp_residual_se"]
+    assert out["fp_residual_relative"] > 0.05
+    assert "log_fp_residual" not in out  # the perturbed field has no potential
+    exact_out = fp_residual(jax.random.key(1), perturbed(0.0), process, x0, n=N_POINTS)
+    assert exact_out["fp_residual_relative"] < 1e-4  # float32 rounding only
+    assert out["fp_residual"] > 1e6 * exact_out["fp_residual"]
+
+
+def test_hutchinson_divergence_matches_exact(vp_parts):
+    _, _, perturbed = vp_parts
+    field = perturbed(0.5)
+    x = jnp.array([0.3, 0.7])
+
+    @jax.jit
+    def both(field, x):
+        fn = lambda y: field(0.05, y)  # noqa: E731
+        return hutchinson_divergence(fn, x, jax.random.key(0), 10_000), divergence(fn, x)
+
+    (est, se), truth = both(field, x)
+    assert se > 0
+    assert abs(float(est - truth)) < 5 * float(se)
+
+
+def test_hutchinson_fp_residual_matches_exact(vp_parts):
+    """Same points, exact versus Hutchinson: the paired difference is within 5 standard errors."""
+    target, process, perturbed = vp_parts
+    score = perturbed(0.3)
+    ts, xs = noised_points(jax.random.key(3), process, target.sample(jax.random.key(4), N_POINTS), N_POINTS)
+    ex, _ = fp_residual_values(jax.random.key(5), score, process, ts, xs)
+    hu, _ = fp_residual_values(jax.random.key(5), score, process, ts, xs, divergence="hutchinson", probes=4)
+    diff = np.asarray(hu - ex, dtype=np.float64)
+    se = diff.std(ddof=1) / np.sqrt(diff.size)
+    assert abs(diff.mean()) < 5 * se
+    assert se < 0.2 * float(jnp.mean(ex))  # and the comparison has power
+
+
+def test_diagnostic_reads_score_from_sampler(vp_parts):
+    target, process, perturbed = vp_parts
+    sampler = sdekit.compose(target, {"name": "reverse-sde", "steps": 10}, process=process, score=perturbed(0.0))
+    diag = sdekit.create("diagnostic", "fp-residual", n=N_POINTS)
+    out = diag(jax.random.key(0), target=target, sampler=sampler)
+    assert set(out) == {"fp_residual", "fp_residual_se", "fp_residual_relative"}
+    assert out["fp_residual_relative"] < 1e-4
+    assert diag(jax.random.key(0), target=target) == {}  # no score: does not apply
+    with pytest.raises(sdekit.CompositionError, match="divergence"):
+        sdekit.create("diagnostic", "fp-residual", divergence="trace")
+
+
+def test_ode_sde_gap_within_noise_floor_and_grows(vp_parts):
+    """Exact score: the W2 excess of the ODE-SDE gap over the SDE noise floor is within 3
+    standard errors of 0 (batches); a score perturbation opens the gap, more for a larger one."""
+    target, process, perturbed = vp_parts
+    gaps = {}
+    for eps in (0.0, 0.5, 1.0):
+        parts = dict(target=target, process=process, score=perturbed(eps))
+        sde = sdekit.create("sampler", "reverse-sde", steps=200, **parts)
+        ode = sdekit.create("sampler", "pf-ode", solver="heun", steps=100, **parts)
+        gaps[eps] = ode_sde_gap(jax.random.key(7), sde, ode, 2000, batches=8, w2_points=500)
+    exact = gaps[0.0]
+    assert exact["w2_excess"] < 3 * exact["w2_excess_se"]
+    assert gaps[0.5]["w2_excess"] > 5 * gaps[0.5]["w2_excess_se"]
+    assert gaps[1.0]["w2_gap"] > gaps[0.5]["w2_gap"] > exact["w2_gap"]
+    assert gaps[0.5]["mmd_gap"] > 10 * abs(gaps[0.5]["mmd_floor"])
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_fv_solver_matches_ou_and_conserves_mass(dim):
+    """OU dX = -X dt + sqrt(2) dW from N(m, 0.25 I): L2 error shrinks ~4x per halving of
+    h (dt ~ h^2), mass is conserved to 1e-8, the density stays non-negative."""
+    with jax.enable_x64(True):
+        m0 = jnp.array([1.5, -1.0][:dim])
+
+        def gauss(m, v):
+            return lambda x: -0.5 * jnp.sum((x - m) ** 2) / v - 0.5 * dim * jnp.log(2 * jnp.pi * v)
+
+        errors = []
+        for cells, steps in [(40, 16), (80, 64)]:
+            grid = Grid([-6.0] * dim, [6.0] * dim, cells)
+            rho0 = jnp.exp(grid.evaluate(gauss(m0, 0.25)))
+            fp = FokkerPlanck(lambda t, x: -x, jnp.sqrt(2.0), grid)
+            rhos = fp.solve(rho0, jnp.array([0.0, 0.5, 1.0]), steps // 2)
+            e2 = jnp.exp(-2.0)
+            exact = jnp.exp(grid.evaluate(gauss(m0 * jnp.exp(-1.0), 0.25 * e2 + 1 - e2)))
+            errors.append(float(grid.l2(rhos[-1], exact)))
+            assert abs(float(grid.mass(rhos[-1]) - grid.mass(rho0))) < 1e-8
+            assert float(jnp.min(rhos)) >= 0
+        assert errors[1] < 0.35 * errors[0]
+        assert errors[1] < 5e-3
+
+
+def test_fv_solver_bicgstab_agrees_with_splitting_in_2d():
+    with jax.enable_x64(True):
+        grid = Grid([-4.0, -4.0], [4.0, 4.0], 24)
+        rho0 = grid.density(lambda x: -jnp.sum((x - 1.0) ** 2))
+        drift = lambda t, x: -x + jnp.array([x[1], -x[0]])  # noqa: E731
+        split = FokkerPlanck(drift, 1.0, grid).solve(rho0, jnp.array([0.0, 0.5]), 50)
+        full = FokkerPlanck(drift, 1.0, grid, method="bicgstab").solve(rho0, jnp.array([0.0, 0.5]), 50)
+        assert abs(float(grid.mass(full[-1]) - 1.0)) < 1e-8
+        # both first order in dt: they differ by the splitting error, O(dt)
+        assert float(grid.l2(split[-1], full[-1])) < 0.02 * float(grid.l2(full[-1], 0 * full[-1]))
+
+
+def test_fv_solver_is_differentiable_in_drift_parameters():
+    with jax.enable_x64(True):
+        grid = Grid([-5.0], [5.0], 100)
+        rho0 = grid.density(lambda x: -2 * jnp.sum((x - 1.0) ** 2))
+
+        def loss(theta):
+            fp = FokkerPlanck(lambda t, x: -theta * x, 1.0, grid)
+            rho = fp.solve(rho0, jnp.array([0.0, 0.5]), 20)[-1]
+            return jnp.sum(rho * grid.axis(0)) * grid.cell_volume  # the mean
+
+        g = jax.grad(loss)(1.0)
+        fd = (loss(1.0 + 1e-5) - loss(1.0 - 1e-5)) / 2e-5
+        assert abs(float(g - fd)) < 1e-6 * max(1.0, abs(float(fd)))
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="cells"):
+        Grid([-1.0], [1.0], 1)
+    with pytest.raises(ValueError, match="upper > lower"):
+        Grid([1.0], [-1.0], 10)
+    with pytest.raises(ValueError, match="method"):
+        FokkerPlanck(lambda t, x: x, 1.0, Grid([-1.0], [1.0], 10), method="lu")
+    with pytest.raises(sdekit.CompositionError, match="probes"):
+        sdekit.create("diagnostic", "fp-residual", divergence="hutchinson", probes=1)
+
+
+def test_r0_1_pass_criteria():
+    """R0.1: SDE L2 error to the sign-drift solution decreasing in k, < 1e-2 at k = 16;
+    ODE W2 to the k = ∞ ODE decreasing while its density's L2 norm explodes."""
+    r01 = _load("r0_1_noise_regularisation")
+    result = r01.run(cells=1600, dt=2e-3)
+    assert result["checks"] == {
+        "sde_l2_decreasing": True,
+        "sde_l2_k16_below_1e-2": True,
+        "ode_w2_decreasing": True,
+        "ode_norm_growing": True,
+    }
+    norms = [r["ode_log10_l2_norm"] for r in result["rows"]]
+    assert norms[-1] > 20  # ~25 by the calibration of REPRODUCTIONS.md
