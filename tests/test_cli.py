@@ -797,3 +797,82 @@ def test_killed_training_resumes_to_the_uninterrupted_run(runner, tmp_path, monk
     (whole / "config.toml").write_text(config)
     one_line_error(runner.invoke(cli, ["diagnose", str(whole)]),
                    "not a checkpoint of this model", "train_iters")
+
+
+# --------------------------------------------------------------------------------------
+# fuzzing the command line and the configuration parser
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+#: What a user might type after each option, well-formed or not.
+VALUES = ["fake-gauss", "fake-gaus", "gmm40", "fake-sampler", "fake-plain", "fake-process",
+          "fake-score", "nope", "0", "-1", "3", "64", "2.5", "1e3", "abc", "", " ", "=", "é",
+          "sampler.steps=2", "sampler.scale=x", "sampler.scale=0.5", "target.dim=3",
+          "target.dim=[1, 2]", "process.sigma=-1", "score.strength=2", "sampler.", "a.b=1",
+          "sampler.steps", "weights.x=1", "target.name=x", "sampler.nonfinite=3",
+          "sampler.weights=false", "\x00"]
+OPTIONS = ["--sampler", "--process", "--score", "--controller", "--steps", "--batch",
+           "--train-iters", "-n", "--seed", "--set", "--config", "--resume"]
+COMMAND_LINES = st.lists(st.one_of(
+    st.tuples(st.sampled_from(OPTIONS), st.sampled_from(VALUES)),  # mostly option + value
+    st.tuples(st.sampled_from(OPTIONS), st.sampled_from(VALUES)),
+    st.tuples(st.sampled_from([*VALUES, "--dry-run", *OPTIONS])),  # or a stray token
+), max_size=6).map(lambda chunks: [t for chunk in chunks for t in chunk])
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _check_outcome(result, out: Path) -> None:
+    """Success with every output file, or one clean error line and no output directory."""
+    assert "Traceback" not in result.output, result.output
+    if result.exit_code == 0:
+        if out.exists():  # not a --dry-run
+            assert sorted(p.name for p in out.iterdir()) == sorted(cli_module.OUTPUT_FILES)
+        return
+    assert result.exit_code in (1, 2), (result.exit_code, result.output, result.exception)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.stderr
+    assert not out.exists()
+
+
+@FUZZ
+@given(COMMAND_LINES)
+def test_fuzzed_command_lines(runner, fake, tmp_path, monkeypatch, tokens):
+    monkeypatch.setattr(cli_module, "DEFAULT_N", 32)
+    monkeypatch.setattr(cli_module, "DEFAULT_TARGET", "fake-gauss")
+    monkeypatch.setattr(cli_module, "DEFAULT_SAMPLER", "fake-sampler")
+    out = tmp_path / f"run-{abs(hash(tuple(tokens)))}"
+    args = ["sample", *tokens]
+    if "--out" not in tokens and "-o" not in tokens:
+        args += ["--out", str(out)]
+    _check_outcome(runner.invoke(cli, args), out)
+
+
+SECTION_NAMES = {"target": ["fake-gauss", "nope"], "sampler": ["fake-sampler", "fake-plain"],
+                 "process": ["fake-process"], "score": ["fake-score"], "controller": ["x"],
+                 "weird": ["x"]}
+TOML_VALUES = st.one_of(st.integers(-3, 70), st.floats(-3, 3), st.booleans(),
+                        st.sampled_from(["a", "", "fake-gauss"]), st.lists(st.integers(0, 3), max_size=3))
+SECTIONS_TOML = st.fixed_dictionaries({}, optional={
+    section: st.fixed_dictionaries({}, optional={
+        "name": st.sampled_from(names), "dim": TOML_VALUES, "steps": TOML_VALUES,
+        "scale": TOML_VALUES, "sigma": TOML_VALUES, "strength": TOML_VALUES, "bogus": TOML_VALUES,
+    }) for section, names in SECTION_NAMES.items()
+} | {"seed": TOML_VALUES, "n": TOML_VALUES, "extra": TOML_VALUES})
+#: Mostly valid TOML describing odd configurations; some text that is not TOML at all.
+CONFIG_TEXT = st.one_of(
+    SECTIONS_TOML.map(_io.toml_dumps), SECTIONS_TOML.map(_io.toml_dumps), st.text(max_size=100)
+)
+
+
+@FUZZ
+@given(CONFIG_TEXT)
+def test_fuzzed_config_files(runner, fake, tmp_path, monkeypatch, text):
+    monkeypatch.setattr(cli_module, "DEFAULT_N", 32)
+    monkeypatch.setattr(cli_module, "DEFAULT_TARGET", "fake-gauss")
+    monkeypatch.setattr(cli_module, "DEFAULT_SAMPLER", "fake-sampler")
+    config = tmp_path / "config.toml"
+    config.write_text(text, encoding="utf-8")
+    out = tmp_path / f"run-{abs(hash(text))}"
+    _check_outcome(runner.invoke(cli, ["sample", "--config", str(config), "--out", str(out)]), out)

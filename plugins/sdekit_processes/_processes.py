@@ -211,7 +211,11 @@ class VE(AbstractProcess):
         return self._sigma(t) * jnp.sqrt(2 * jnp.log(self.sigma_max / self.sigma_min) / self.T)
 
     def transition(self, s, t):
-        return jnp.ones(()), jnp.sqrt(self._sigma(t) ** 2 - self._sigma(s) ** 2)
+        # sigma(t)^2 - sigma(s)^2 = sigma(s)^2 expm1(2 (t - s) / T log(sigma_max / sigma_min)):
+        # exactly 0 at t = s and accurate for close times, where the plain difference
+        # cancels (and rounding could make it negative: a NaN std)
+        rate = 2 * jnp.log(self.sigma_max / self.sigma_min) / self.T
+        return jnp.ones(()), self._sigma(s) * jnp.sqrt(jnp.expm1(rate * (t - s)))
 
     def reference_std(self, t):
         return self._sigma(t)
