@@ -1,8 +1,20 @@
-"""Trained diffusion samplers on the benchmark targets: log Ẑ error, ELBO, EUBO, ESS, Sinkhorn.
+"""Diffusion samplers on the benchmark targets: log Ẑ error, ELBO, EUBO, ESS, Sinkhorn, cost.
 
     python benchmarks/diffusion_samplers.py                       # the full grid, K = 128
     python benchmarks/diffusion_samplers.py --samplers pis --targets funnel --seeds 0
+    python benchmarks/diffusion_samplers.py --samplers follmer mc-score nuts smc \
+        --targets funnel many-well-54 --seeds 0 -n 2000          # training-free, same budget
     python benchmarks/diffusion_samplers.py --table               # the stored results
+    python benchmarks/diffusion_samplers.py --memory              # peak memory of the MC drift
+
+Trained samplers (`pis`, `dds`, `dis`) are trained with `sdekit.train` and then sampled.
+Training-free ones (`follmer`, `mc-score` = `reverse-sde` with the `mc-score` score on
+`vp`) and the baselines (`nuts`, `smc`) spend their whole cost at sampling time; their
+settings are derived from `--budget`, a number of target evaluations, which defaults to
+what `pis` spends in training with the default settings (2000 iterations x 256
+trajectories x 129 evaluations, about 6.6e7). Every row records `target_evaluations`
+(evaluations of log γ, each with its gradient where the method uses one) for training
+and sampling together.
 
 Runs each (sampler, target, seed), prints a table of medians and spreads over seeds and
 writes the raw per-seed results to `benchmarks/results/diffusion_samplers.json`
@@ -31,7 +43,108 @@ TARGETS = {
     "many-well-54": {"pbm": {"sigma": 1.0}, "vp": {"sigma": 1.0}, "train_iters": 2000},
     "many-well-32": {"pbm": {"sigma": 1.0}, "vp": {"sigma": 1.0}, "train_iters": 2000},
 }
-PROCESS = {"pis": "pbm", "dds": "vp", "dis": "vp"}
+PROCESS = {"pis": "pbm", "dds": "vp", "dis": "vp", "follmer": "pbm", "mc-score": "vp"}
+TRAINED = ("pis", "dds", "dis")
+TRAINING_FREE = ("follmer", "mc-score", "nuts", "smc")
+#: Default budget: the target evaluations of `pis` training (2000 x 256 x (128 + 1)).
+BUDGET = 2000 * 256 * 129
+#: Fixed settings of the training-free samplers; the budget sets the rest (see `spec`).
+FREE_STEPS = 64  # follmer and mc-score time steps
+SMC = {"mcmc_steps": 2, "leapfrog": 5}
+NUTS = {"num_warmup": 500, "chains": 20}
+
+
+def controlled_evaluations(r: dict) -> int:
+    """Target evaluations of a trained sampler: the PIS-grad controller takes ∇log γ at each
+    of the `steps` kernels, plus log γ at the end, for every training and sampling path."""
+    return (r["train_iters"] * r["batch"] + r["n"]) * (r["steps"] + 1)
+
+
+def spec(sampler_name: str, n: int, budget: int) -> dict:
+    """The sampler spec of a training-free sampler spending about `budget` evaluations."""
+    if sampler_name == "follmer":
+        draws = max(1, budget // (n * FREE_STEPS))
+        return {"name": "follmer", "steps": FREE_STEPS, "draws": draws, "chunk": min(draws, 128)}
+    if sampler_name == "mc-score":
+        return {"name": "reverse-sde", "steps": FREE_STEPS}
+    if sampler_name == "smc":
+        per_step = n * (2 + SMC["mcmc_steps"] * SMC["leapfrog"])
+        return {"name": "smc", "steps": max(1, budget // per_step - 1), **SMC}
+    return {"name": "nuts", **NUTS}
+
+
+def run_training_free(sampler_name: str, target_name: str, seed: int, n: int, budget: int) -> dict:
+    settings = TARGETS[target_name]
+    sampler_spec = spec(sampler_name, n, budget)
+    parts = {}
+    if sampler_name in PROCESS:
+        parts["process"] = {"name": PROCESS[sampler_name], **settings[PROCESS[sampler_name]]}
+    if sampler_name == "mc-score":
+        draws = max(1, budget // (n * FREE_STEPS))
+        parts["score"] = {"name": "mc-score", "draws": draws, "chunk": min(draws, 128), "seed": seed}
+    if sampler_name == "smc":
+        sampler_spec["sigma"] = settings["vp"]["sigma"]
+    sampler = sdekit.compose(target_name, sampler_spec, **parts)
+    target = sampler.target
+    key = jax.random.key(seed)
+    t0 = time.perf_counter()
+    if sampler_name == "mc-score":
+        samples = jax.block_until_ready(sampler.sample(jax.random.fold_in(key, 1), n))
+        stats = {"target_evaluations": n * (FREE_STEPS * sampler.score.draws + 1)}
+    else:
+        samples, stats = jax.block_until_ready(sampler.sample_with_stats(jax.random.fold_in(key, 1), n))
+    sample_seconds = time.perf_counter() - t0
+    result = {
+        "sampler": sampler_name, "target": target_name, "seed": seed,
+        "steps": sampler_spec.get("steps", 0), "options": {**sampler_spec, **parts},
+        "sample_seconds": sample_seconds, "train_seconds": 0.0, "n": n,
+        "true_log_Z": target.log_Z, "budget": budget,
+        "target_evaluations": int(stats["target_evaluations"]),
+    }
+    result.update({k: float(v) for k, v in stats.items() if k != "target_evaluations"})
+    log_w = samples.log_weights
+    if log_w is not None:
+        result["log_Z"] = float(sdekit.log_Z_estimate(log_w))
+        result["log_Z_error"] = result["log_Z"] - target.log_Z
+        result["n_nonfinite_weights"] = int(jnp.sum(~jnp.isfinite(log_w)))
+        if sampler_name == "smc":  # equal weights carrying log Ẑ: report the smallest step ESS
+            result["ess"] = float(stats["min_ess"])
+        else:
+            result["elbo"] = float(jnp.mean(log_w))
+            result["ess"] = float(jnp.exp(2 * jax.nn.logsumexp(log_w) - jax.nn.logsumexp(2 * log_w)) / n)
+    try:
+        values = sdekit.create("diagnostic", "sample-quality")(
+            jax.random.fold_in(key, 2), target=target, sampler=sampler, samples=samples
+        )
+        result.update({k: float(v) for k, v in values.items() if np.ndim(v) == 0})
+    except Exception as e:  # noqa: BLE001 - keep the sampling result
+        result["sample_quality_error"] = f"{type(e).__name__}: {e}"
+    if sampler_name == "follmer" and target.has_exact_samples:
+        x = target.sample(jax.random.fold_in(key, 3), n)
+        result["eubo"] = float(jnp.mean(sampler.backward_log_weights(jax.random.fold_in(key, 4), x)))
+    return result
+
+
+def memory_report(n: int = 10_000, draws: int = 1000, dim: int = 10) -> list[dict]:
+    """Compiled peak memory of the Föllmer drift for `n` points, `draws` draws, dimension `dim`.
+
+    XLA's `memory_analysis()` of `jit(vmap(drift))` on CPU: arguments, outputs and the
+    temporaries XLA allocates (the working set), for several `chunk` sizes.
+    """
+    target = sdekit.create("target", "gaussian", dim=dim)
+    process = sdekit.create("process", "pbm")
+    x = jnp.zeros((n, dim))
+    rows = []
+    for chunk in (10, 100, None):
+        drift = sdekit.create("score", "follmer", target=target, process=process, draws=draws, chunk=chunk)
+        compiled = jax.jit(jax.vmap(drift, in_axes=(None, 0))).lower(0.5, x).compile()
+        m = compiled.memory_analysis()
+        rows.append({"n": n, "draws": draws, "dim": dim, "chunk": chunk or draws,
+                     "temp_MiB": m.temp_size_in_bytes / 2**20,
+                     "argument_MiB": m.argument_size_in_bytes / 2**20,
+                     "output_MiB": m.output_size_in_bytes / 2**20,
+                     "n_x_chunk_x_d_float32_MiB": n * (chunk or draws) * dim * 4 / 2**20})
+    return rows
 
 
 def run(sampler_name: str, target_name: str, seed: int, steps: int, train_iters: int | None,
@@ -57,6 +170,7 @@ def run(sampler_name: str, target_name: str, seed: int, steps: int, train_iters:
         "train_seconds": float(history["train_seconds"]), "sample_seconds": sample_seconds,
         "n": n, "true_log_Z": target.log_Z,
     }
+    result["target_evaluations"] = controlled_evaluations(result)
     log_w = samples.log_weights
     result["log_Z"] = float(sdekit.log_Z_estimate(log_w))
     result["log_Z_error"] = result["log_Z"] - target.log_Z
@@ -76,43 +190,62 @@ def run(sampler_name: str, target_name: str, seed: int, steps: int, train_iters:
 
 
 def table(results: list[dict]) -> str:
-    cols = ("log_Z_error", "elbo", "eubo", "ess", "sinkhorn", "mode_coverage", "train_seconds")
+    cols = ("log_Z_error", "elbo", "eubo", "ess", "sinkhorn", "mode_coverage", "train_seconds",
+            "sample_seconds", "target_evaluations")
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
+        if "target_evaluations" not in r and r["sampler"] in TRAINED:
+            r = {**r, "target_evaluations": controlled_evaluations(r)}
         groups.setdefault((r["target"], r["sampler"]), []).append(r)
-    lines = [f"{'target':<14}{'sampler':<8}{'seeds':>6}" + "".join(f" {c:>24}" for c in cols)]
+    lines = [f"{'target':<14}{'sampler':<10}{'seeds':>6}" + "".join(f" {c:>24}" for c in cols)]
     for (target, sampler), rows in sorted(groups.items()):
         cells = []
         for c in cols:
             v = np.array([r.get(c, np.nan) for r in rows], dtype=float)
-            cells.append("-" if np.all(np.isnan(v)) else
-                         f"{np.nanmedian(v):.3f} [{np.nanmin(v):.3f},{np.nanmax(v):.3f}]")
-        lines.append(f"{target:<14}{sampler:<8}{len(rows):>6}" + "".join(f" {c:>24}" for c in cells))
+            if np.all(np.isnan(v)):
+                cells.append("-")
+            elif c == "target_evaluations":
+                cells.append(f"{np.nanmedian(v):.3g}")
+            else:
+                cells.append(f"{np.nanmedian(v):.3f} [{np.nanmin(v):.3f},{np.nanmax(v):.3f}]")
+        lines.append(f"{target:<14}{sampler:<10}{len(rows):>6}" + "".join(f" {c:>24}" for c in cells))
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samplers", nargs="+", default=["pis", "dds", "dis"])
+    parser.add_argument("--samplers", nargs="+", default=list(TRAINED),
+                        choices=[*TRAINED, *TRAINING_FREE])
     parser.add_argument("--targets", nargs="+", default=list(TARGETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=128)
     parser.add_argument("--train-iters", type=int, default=None)
     parser.add_argument("-n", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--budget", type=int, default=BUDGET,
+                        help="Target evaluations per training-free run (default: pis training).")
     parser.add_argument("--table", action="store_true", help="Print the stored results' table.")
+    parser.add_argument("--memory", action="store_true",
+                        help="Print the compiled peak memory of the MC drift (N=10^4, M=10^3, d=10).")
     args = parser.parse_args()
 
     stored = json.loads(args.out.read_text()) if args.out.exists() else []
     if args.table:
         print(table(stored))
         return
+    if args.memory:
+        for row in memory_report():
+            print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}))
+        return
     print(f"device: {jax.devices()[0].device_kind}; {os.cpu_count()} CPUs")
     fresh = []
     for target in args.targets:
         for sampler in args.samplers:
             for seed in args.seeds:
-                r = run(sampler, target, seed, args.steps, args.train_iters, args.n)
+                if sampler in TRAINING_FREE:
+                    r = run_training_free(sampler, target, seed, args.n, args.budget)
+                else:
+                    r = run(sampler, target, seed, args.steps, args.train_iters, args.n)
                 r["device"] = jax.devices()[0].device_kind
                 fresh.append(r)
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
