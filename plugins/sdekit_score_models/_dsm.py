@@ -27,7 +27,7 @@ class ScoreMatching(AbstractTrainable):
     With $x_t = a_t x_0 + \sigma_t z$, $x_0$ from the data and $z \sim \mathcal N(0, I)$,
     the loss is
     $\mathbb E_t\,\lambda(t)\,\mathbb E\|s_\theta(t, x_t) + z/\sigma_t\|^2
-    + w_{\mathrm{FP}}\,\mathbb E\,R^2$,
+    + w_{\mathrm{FP}}\,\mathbb E\,\sigma_t^p R^2$,
     with $R$ the log-density residual $R_u$ for a `PotentialNet` and the score residual
     $\|R_s\|$ for a `ScoreNet` (see `log_density_residual`, `score_residual`), evaluated
     at the first `fp_batch` noised points $(t, x_t)$ of the batch (`fp_points="noised"`)
@@ -46,6 +46,7 @@ class ScoreMatching(AbstractTrainable):
     fp_points: str = eqx.field(static=True)
     fp_box: float = eqx.field(static=True)
     fp_batch: int = eqx.field(static=True)
+    fp_sigma_power: float = eqx.field(static=True)
     divergence: str = eqx.field(static=True)
 
     def trainable(self) -> PyTree[bool]:
@@ -95,7 +96,10 @@ class ScoreMatching(AbstractTrainable):
             lambda t, x, _: self.residual(t, x)
         )
         r = jax.vmap(residual)(t, xt, probes)
-        return jnp.mean(r**2) * (1 if r.ndim == 1 else r.shape[-1])
+        squared = r**2 if r.ndim == 1 else jnp.sum(r**2, axis=-1)
+        if self.fp_sigma_power:
+            squared = squared * jax.vmap(self.process.marginal)(t)[1] ** self.fp_sigma_power
+        return jnp.mean(squared)
 
     def residual(self, t, x: Float[Array, " d"], probe: Float[Array, " d"] | None = None) -> Array:
         """The Fokker–Planck residual of the network at one point (see the class docs)."""
@@ -122,6 +126,7 @@ def score_matching(
     fp_points: str = "noised",
     fp_box: float = 4.0,
     fp_batch: int | None = None,
+    fp_sigma_power: float = 0.0,
     divergence: str = "exact",
     steps: int = 2000,
     learning_rate: float = 1e-3,
@@ -143,8 +148,10 @@ def score_matching(
       $\|\sigma_t s_\theta + z\|^2$) or `"none"` ($\lambda = 1$).
     - `fp_weight`: weight of the Fokker–Planck residual (0: plain DSM); `fp_points`:
       `"noised"` (the batch's $(t, x_t)$) or `"box"` (uniform, half-width `fp_box`);
-      `fp_batch`: collocation points per step (default: `batch`); `divergence`: `"exact"`
-      or `"hutchinson"` (one Rademacher probe per point).
+      `fp_batch`: collocation points per step (default: `batch`); `fp_sigma_power`: $p$,
+      each squared residual weighted by $\sigma_t^p$ (0: unweighted; the score residual
+      grows like $\sigma_t^{-3}$ as $t \to 0$, so $p = 6$ weighs all times alike);
+      `divergence`: `"exact"` or `"hutchinson"` (one Rademacher probe per point).
     - `steps`, `learning_rate`, `warmup`, `final_lr_fraction`, `grad_clip`, `chunk`: the
       `sdekit.TrainOptions` (Adam, cosine decay).
     """
@@ -178,7 +185,7 @@ def score_matching(
     )
     return ScoreMatching(
         net, net.process, data, options, batch, time_distribution, weighting, float(fp_weight),
-        fp_points, float(fp_box), fp_batch, divergence,
+        fp_points, float(fp_box), fp_batch, float(fp_sigma_power), divergence,
     )
 
 
