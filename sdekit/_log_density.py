@@ -127,7 +127,9 @@ def target_from_log_prob(
             check_target(target)
         except TargetError as e:
             where = f"dim={int(dim)}" if example is None else "positions shaped like example"
-            raise TargetError(f"log-density {name} ({where}): {e}") from e
+            hint = (f" (is {int(dim)} the dimension of the points it takes?)"
+                    if example is None and "fails on one point" in str(e) else "")
+            raise TargetError(f"log-density {name} ({where}){hint}: {e}") from e
     return target
 
 
