@@ -17,7 +17,8 @@ from sdekit import (
 from sdekit_processes import PBM
 from sdekit_samplers import ControlledSDE
 
-from ._snis import check_draws, check_gradient, check_seed, draws_key, snis
+from ._checks import check_draws, check_gradient, check_seed
+from ._snis import draws_key, snis
 
 
 def _pbm(process: AbstractProcess | str, what: str) -> PBM:

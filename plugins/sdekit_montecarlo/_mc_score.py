@@ -5,7 +5,8 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar, ScalarLike
 
 from sdekit import AbstractProcess, AbstractScore, AbstractTarget
 
-from ._snis import check_draws, check_gradient, check_seed, draws_key, snis
+from ._checks import check_draws, check_gradient, check_seed
+from ._snis import draws_key, snis
 
 
 class MonteCarloScore(AbstractScore):

@@ -1,5 +1,3 @@
-import math
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -8,18 +6,7 @@ from numpyro.infer.hmc import hmc
 
 from sdekit import AbstractSampler, AbstractTarget, Samples
 
-
-def check_int(minimum: int, **values: int) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_positive(**values: float) -> None:
-    for name, value in values.items():
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not (ok and value > 0):
-            raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+from ._checks import check_int, check_positive
 
 
 class NUTS(AbstractSampler):

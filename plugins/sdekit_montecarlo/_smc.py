@@ -10,7 +10,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from sdekit import AbstractSampler, AbstractTarget, Samples, gaussian_log_prob
 
-from ._nuts import check_int, check_positive
+from ._checks import check_int, check_positive
 
 
 class SMC(AbstractSampler):
