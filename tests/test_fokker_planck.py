@@ -23,13 +23,6 @@ from sdekit_fokker_planck import (
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
-MEANS = [[-2.0, 0.0], [2.0, 1.0], [0.0, 3.0]]
-PROCESSES = {
-    "vp": ("vp", {}),
-    "ve": ("ve", {}),
-    "ou": ("vp", {"beta_min": 2.0, "beta_max": 2.0, "T": 5.0}),
-    "pbm": ("pbm", {}),
-}
 
 
 def _load(name: str):
@@ -39,8 +32,14 @@ def _load(name: str):
     return module
 
 
+R11 = _load("r1_1_operator_checks")
+# R1.1's processes (so that its test reuses these compilations) and pbm.
+PROCESSES = {**R11.PROCESSES, "pbm": ("pbm", {})}
+
+
 def _target():
-    return sdekit.create("target", "gmm", means=MEANS, covs=[0.5, 1.0, 0.3], weights=[1.0, 2.0, 1.0])
+    """The 4-component 2-d mixture of R1.1 (so that R1.1's test reuses these compilations)."""
+    return sdekit.create("target", "gmm", **R11.MIXTURE)
 
 
 @pytest.mark.parametrize("name", list(PROCESSES))
@@ -140,6 +139,34 @@ def test_ode_sde_gap_within_noise_floor_and_grows(vp_parts):
     assert gaps[0.5]["mmd_gap"] > 10 * abs(gaps[0.5]["mmd_floor"])
 
 
+def test_trajectory_l2_score_error_and_girsanov_bound_1d():
+    """1-d mixture under VP: with the exact score the grid trajectory error is the grid's
+    own, the score error and the Girsanov score term are 0; a perturbation of size eps
+    gives a score error of at most eps^2 and clearly larger tracking errors."""
+    target = sdekit.create("target", "gmm", means=[[-2.0], [1.0]], covs=[0.3, 0.6])
+    process = sdekit.create("process", "vp")
+    exact = sdekit.create("score", "exact", target=target, process=process)
+    tl2 = sdekit.create("diagnostic", "trajectory-l2", cells=200, times=4, substeps=25)
+    err = sdekit.create("diagnostic", "score-error", n=2000)
+    gb = sdekit.create("diagnostic", "girsanov-bound", n=2000)
+    out = {}
+    for eps in (0.0, 0.3):
+        score = SinePerturbedScore(exact, jnp.asarray(eps), 2.0)
+        key = jax.random.key(0)
+        out[eps] = {
+            **tl2(key, target=target, score=score, process=process),
+            **err(key, target=target, score=score, process=process),
+            **gb(key, target=target, score=score, process=process),
+        }
+    assert out[0.0]["trajectory_l2_relative_final"] < 0.02
+    assert out[0.3]["trajectory_l2_final"] > 5 * out[0.0]["trajectory_l2_final"]
+    assert out[0.0]["score_error"] == 0.0 and out[0.0]["score_term"] == 0.0
+    assert 0.0 < out[0.3]["score_error"] <= 0.3**2
+    assert out[0.3]["score_error"] > 10 * out[0.3]["score_error_se"]
+    assert out[0.3]["girsanov_bound"] > out[0.3]["score_term"] - 5 * out[0.3]["girsanov_bound_se"]
+    assert abs(out[0.0]["kl_prior"]) < 5 * out[0.0]["kl_prior_se"] + 1e-3  # p_T ~ prior for VP
+
+
 @pytest.mark.parametrize("dim", [1, 2])
 def test_fv_solver_matches_ou_and_conserves_mass(dim):
     """OU dX = -X dt + sqrt(2) dW from N(m, 0.25 I): L2 error shrinks ~4x per halving of
@@ -216,3 +243,13 @@ def test_r0_1_pass_criteria():
     }
     norms = [r["ode_log10_l2_norm"] for r in result["rows"]]
     assert norms[-1] > 20  # ~25 by the calibration of REPRODUCTIONS.md
+
+
+def test_r1_1_pass_criteria():
+    """R1.1 without its sampling part (the ODE-SDE gap has its own test above): relative
+    log-FP and score-FP residuals of the analytic marginals < 1e-6 in float64 under OU,
+    VP and VE; Hutchinson with 1e4 probes within 1% of the exact divergence (median over
+    points) and within 5 standard errors at every point."""
+    result = R11.run(n_points=64, hutchinson_points=10, gap=False)
+    for name, row in result["rows"].items():
+        assert all(row["checks"].values()), (name, row["checks"])

@@ -190,13 +190,18 @@ class ODESDEGap(AbstractDiagnostic):
         score: AbstractScore | None = None,
         process: AbstractProcess | None = None,
     ) -> dict[str, float]:
+        from sdekit_samplers import PFODE, ReverseSDE
+
         score, process = _parts(sampler, score, process)
         if score is None or target is None:
             return {}
         parts = dict(target=target, process=process, score=score)
-        kind = type(sampler).__name__
-        sde = sampler if kind == "ReverseSDE" else sdekit.create("sampler", "reverse-sde", steps=self.sde_steps, **parts)
-        ode = sampler if kind == "PFODE" else sdekit.create("sampler", "pf-ode", **parts)
+        own = sampler if sampler is not None and sampler.score is score and sampler.process is process else None
+        if isinstance(own, ReverseSDE):
+            sde = own
+        else:
+            sde = sdekit.create("sampler", "reverse-sde", steps=self.sde_steps, **parts)
+        ode = own if isinstance(own, PFODE) else sdekit.create("sampler", "pf-ode", **parts)
         return ode_sde_gap(
             key, sde, ode, self.n, batches=self.batches, w2_points=self.w2_points,
             projections=self.projections,

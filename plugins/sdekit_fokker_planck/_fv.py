@@ -135,7 +135,7 @@ def face_coefficients(b: Array, D: ScalarLike, h: float, scheme: str) -> tuple[A
     return alpha, beta
 
 
-def _tridiagonal(alpha, beta, dt, h, axis_len):
+def _tridiagonal(alpha, beta, dt, h):
     """Diagonals of `I - dt A` for the faces' `(alpha, beta)` (shape `(..., n - 1)`)."""
     zero = jnp.zeros_like(alpha[..., :1])
     a_right = jnp.concatenate([alpha, zero], -1)  # face i+1/2 of cell i
@@ -150,7 +150,7 @@ def _solve_along(rho, alpha, beta, dt, h, axis):
     """One implicit Euler step with the fluxes along `axis` only (batched tridiagonal)."""
     rho_m = jnp.moveaxis(rho, axis, -1)
     a_m, b_m = jnp.moveaxis(alpha, axis, -1), jnp.moveaxis(beta, axis, -1)
-    lower, diag, upper = _tridiagonal(a_m, b_m, dt, h, rho_m.shape[-1])
+    lower, diag, upper = _tridiagonal(a_m, b_m, dt, h)
     out = jax.lax.linalg.tridiagonal_solve(lower, diag, upper, rho_m[..., None])[..., 0]
     return jnp.moveaxis(out, -1, axis)
 

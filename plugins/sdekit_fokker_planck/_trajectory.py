@@ -35,6 +35,8 @@ class GenerativeDrift(eqx.Module):
 
 
 class GenerativeDiffusion(eqx.Module):
+    r"""$g(t_{\max} - \tau)$: the diffusion of the generative SDE in generative time."""
+
     process: AbstractProcess
 
     def __call__(self, tau):
@@ -66,9 +68,18 @@ def model_densities_grid(
 ) -> Float[Array, "K *cells"]:
     r"""The model's densities at forward times `times` (decreasing from `t_max`), on `grid`.
 
-    Starts from the process's prior at `t_max` (grid-normalised); each interval between
-    consecutive `times` takes `substeps` implicit Euler steps. `options` go to `FokkerPlanck`.
+    Starts from the process's prior at `t_max` (grid-normalised; a `ValueError` if its std
+    is below two cells, as for `pbm` at its default `t_max` close to `T`); each interval
+    between consecutive `times` takes `substeps` implicit Euler steps. `options` go to
+    `FokkerPlanck`.
     """
+    r = float(process.reference_std(process.t_max))
+    if r < 2 * max(grid.widths):
+        raise ValueError(
+            f"the prior at t_max={process.t_max} has std {r:.3g}, below two grid cells "
+            f"({max(grid.widths):.3g} each): the grid cannot hold it. Use a finer grid or a "
+            f"process with an earlier t_max (for pbm, e.g. t_max=0.99 * T)"
+        )
     fp = generative_fokker_planck(score, process, grid, kind, **options)
     rho0 = grid.density(process.prior_log_prob)
     taus = process.t_max - jnp.asarray(times, rho0.dtype)
