@@ -21,6 +21,7 @@ imported with the working directory on `sys.path`, as `python -m` would. Only a 
 explicitly like this runs user code.
 """
 
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._compose import create
 from ._errors import CompositionError, SdekitError, TargetError, UnknownNameError
 from ._log_density import target_from_log_prob
 from ._plugins import Entry, registry
@@ -221,11 +223,7 @@ def _from_object(obj: Any, kind: str, spec: str, options: dict[str, Any]) -> Abs
             f"option dim (sdekit sample ... --set target.dim=D, or dim=D in Python)"
         )
     dim, log_Z = options.pop("dim"), options.pop("log_Z", None)
-    fn = obj
-    if options:
-        import functools
-
-        fn = functools.wraps(obj)(functools.partial(obj, **options))
+    fn = functools.wraps(obj)(functools.partial(obj, **options)) if options else obj
     return target_from_log_prob(fn, dim=dim, log_Z=log_Z)
 
 
@@ -268,8 +266,6 @@ def resolve_target(spec: str | AbstractTarget, **options: Any) -> AbstractTarget
         if options:
             raise CompositionError("an AbstractTarget object takes no options")
         return spec
-    from ._compose import create
-
     if not isinstance(spec, str):
         raise TargetError(f"a target spec is a string, got {type(spec).__name__} {spec!r}")
     if not is_spec(spec):

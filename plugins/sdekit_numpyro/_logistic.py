@@ -82,7 +82,8 @@ def logistic_breast_cancer() -> LogisticRegression:
 
     569 patients, 30 standardised features and an intercept. There are no exact samples;
     `log_Z` is the stored reference value (`benchmarks/logistic_reference.py`: importance
-    sampling from a Student-t fitted at the Laplace approximation, see `docs/numpyro.md`).
+    sampling from a Student-t fitted by a pilot run from the Laplace approximation;
+    see `docs/numpyro.md`).
     """
     X, y = breast_cancer_data()
     log_Z = reference()["log_Z"] if REFERENCE.exists() else None

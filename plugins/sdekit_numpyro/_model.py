@@ -153,13 +153,16 @@ def numpyro_target(model: Any, data: Any = None) -> NumPyroTarget:
     returning one) in the model's module, or a spec `file.py:name`. By default, for a
     model from a spec, `<model>_data` if the module defines it, else `data`, else none.
     """
-    spec = model if isinstance(model, str) else _name(model)
-    if isinstance(model, str):
+    from_spec = isinstance(model, str)
+    spec = model if from_spec else _name(model)
+    if from_spec:
         model = sdekit.load_object(model)
+    if data is not None and not isinstance(data, (dict, str)):
+        raise ValueError(f"data must be a dict or a name, got {type(data).__name__} {data!r}")
     if isinstance(data, dict):
         kwargs = data
-    elif data is None or isinstance(data, str):
-        kwargs = _module_data(model, data, spec) if (data is not None or spec != _name(model)) else {}
+    elif data is None and not from_spec:
+        kwargs = {}
     else:
-        raise ValueError(f"data must be a dict or a name, got {type(data).__name__} {data!r}")
+        kwargs = _module_data(model, data, spec)
     return NumPyroTarget(model, model_kwargs=kwargs)
