@@ -1,8 +1,11 @@
+import functools
+import math
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from sdekit import (
@@ -14,7 +17,6 @@ from sdekit import (
     Samples,
     TrainOptions,
     float_arrays_outside_targets,
-    gaussian_log_prob,
     time_grid,
 )
 
@@ -36,12 +38,22 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
 
     The backward kernels $B_k$ are the process's Gaussian transitions, so the log-weight
     $\log w = \log\gamma(x_K) + \sum_k [\log B_k(x_{k-1}\mid x_k) - \log F_k(x_k\mid x_{k-1})] - \log\nu(x_0)$
-    is exact in discrete time for any grid; it is accumulated step by step as the
-    difference of the two kernel log-densities.
+    is exact in discrete time for any grid. The per-step differences are formed directly
+    ($\tfrac12(|z_F|^2 - |z_B|^2) + d\log(\sigma_F/\sigma_B)$, the $2\pi$ terms cancelled)
+    and summed from zero with compensated (Kahan) summation, so rounding does not grow
+    with $K$; the end terms $\log\gamma(x_K) - \log\nu(x_0)$ are added last. Arrays
+    follow the default float type: float32, or float64 under `jax_enable_x64`.
 
     Losses: `"kl"`, the reverse KL $-\mathbb E[\log w]$ with reparameterised trajectories
     (gradients flow through the target); `"log-variance"`, $\mathrm{Var}[\log w]$ on
     trajectories detached from the parameters.
+
+    Scale: `remat=True` rematerialises the trajectory in the backward pass (`jax.checkpoint`
+    of each step, nested in segments of about $\sqrt K$ steps), so training memory grows
+    like $\sqrt K$ instead of $K$, for about one more forward pass of compute; gradients are
+    the same. `devices=m` shards the particle axis over a mesh of the first `m` of
+    `jax.devices()` (all hosts' devices under `jax.distributed`); the random numbers do not
+    depend on the sharding, so samples and weights are those of the single-device run.
     """
 
     process: AbstractProcess
@@ -52,6 +64,8 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
     integrator: str = eqx.field(static=True)
     loss_name: str = eqx.field(static=True)
     batch: int = eqx.field(static=True)
+    remat: bool = eqx.field(static=True, default=False)
+    devices: int | None = eqx.field(static=True, default=None)
 
     def trainable(self):
         """Only the controller is trained (never the target it may hold)."""
@@ -67,29 +81,49 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
             return a * x + 2 * var * (1 - a) * u, std
         h = t_a - t_b
         g = self.process.diffusion(t_a)
-        s_ref = -x / self.process.reference_std(t_a) ** 2
-        return x + h * (-self.process.drift(t_a, x) + g**2 * (s_ref + u)), g * jnp.sqrt(h)
+        # -f + g^2 s_ref is linear in x (Gaussian transitions): one coefficient per step, so
+        # the cancellation in it (exact for pbm, where both terms blow up near T) is not
+        # redone, and rounded differently, for each particle
+        ones = jnp.ones(x.shape, x.dtype)
+        linear = -self.process.drift(t_a, ones) - g**2 / self.process.reference_std(t_a) ** 2
+        return x + h * (linear * x + g**2 * u), g * jnp.sqrt(h)
+
+    def _shard(self, x: Array) -> Array:
+        """`x` with its leading (particle) axis sharded over `devices` (if set)."""
+        if self.devices is None:
+            return x
+        if x.shape[0] % self.devices:
+            raise ValueError(
+                f"the number of particles ({x.shape[0]}) must be a multiple of devices={self.devices}"
+            )
+        return jax.lax.with_sharding_constraint(x, particle_sharding(self.devices))
+
+    def _scan(self, step, carry, xs):
+        """`lax.scan(step, carry, xs)` without outputs; with `remat`, rematerialised."""
+        if not self.remat:
+            return jax.lax.scan(step, carry, xs)[0]
+        return remat_scan(step, carry, xs)
 
     def _simulate(self, key: PRNGKeyArray, n: int, detach: bool) -> Samples:
         kernel = jax.vmap(self.kernel, in_axes=(None, None, 0), out_axes=(0, None))
         k_prior, k_path = jax.random.split(key)
-        x0 = self.process.prior_sample(k_prior, (n, self.target.dim))
-        log_w0 = -jax.vmap(self.process.prior_log_prob)(x0)
+        x0 = self._shard(self.process.prior_sample(k_prior, (n, self.target.dim)))
 
         def step(carry, inputs):
             x, log_w = carry
             t_a, t_b, k = inputs
             mean, std = kernel(t_a, t_b, x)
-            x_new = mean + std * jax.random.normal(k, x.shape)
+            x_new = mean + std * jax.random.normal(k, x.shape, x.dtype)
             if detach:
                 x_new = jax.lax.stop_gradient(x_new)
             coef, std_b = self.process.transition(t_b, t_a)
-            log_w += gaussian_log_prob(x, coef * x_new, std_b) - gaussian_log_prob(x_new, mean, std)
-            return (x_new, log_w), None
+            return (x_new, kahan_add(log_w, _log_ratio(x, coef * x_new, std_b, x_new, mean, std))), None
 
         keys = jax.random.split(k_path, self.ts.shape[0] - 1)
-        (x, log_w), _ = jax.lax.scan(step, (x0, log_w0), (self.ts[:-1], self.ts[1:], keys))
-        return Samples(x, log_w + jax.vmap(self.target.log_prob)(x))
+        zero = self._shard(jnp.zeros(n, x0.dtype))
+        x, (log_w, _) = self._scan(step, (x0, (zero, zero)), (self.ts[:-1], self.ts[1:], keys))
+        ends = jax.vmap(self.target.log_prob)(x) - jax.vmap(self.process.prior_log_prob)(x0)
+        return Samples(x, log_w + ends)
 
     @eqx.filter_jit
     def sample(self, key: PRNGKeyArray, n: int) -> Samples:
@@ -105,16 +139,16 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
             x, log_w = carry
             t_a, t_b, k = inputs
             coef, std_b = self.process.transition(t_b, t_a)
-            x_prev = coef * x + std_b * jax.random.normal(k, x.shape)
+            x_prev = coef * x + std_b * jax.random.normal(k, x.shape, x.dtype)
             mean, std = kernel(t_a, t_b, x_prev)
-            log_w += gaussian_log_prob(x_prev, coef * x, std_b) - gaussian_log_prob(x, mean, std)
-            return (x_prev, log_w), None
+            return (x_prev, kahan_add(log_w, _log_ratio(x_prev, coef * x, std_b, x, mean, std))), None
 
+        x = self._shard(x)
         keys = jax.random.split(key, self.ts.shape[0] - 1)
-        log_w0 = jax.vmap(self.target.log_prob)(x)
+        zero = self._shard(jnp.zeros(x.shape[0], x.dtype))
         inputs = (self.ts[:-1], self.ts[1:], keys)
-        (x0, log_w), _ = jax.lax.scan(step, (x, log_w0), inputs, reverse=True)
-        return log_w - jax.vmap(self.process.prior_log_prob)(x0)
+        x0, (log_w, _) = jax.lax.scan(step, (x, (zero, zero)), inputs, reverse=True)[0]
+        return log_w + jax.vmap(self.target.log_prob)(x) - jax.vmap(self.process.prior_log_prob)(x0)
 
     def loss(self, key: PRNGKeyArray) -> tuple[Scalar, dict[str, Scalar]]:
         log_w = self._simulate(key, self.batch, detach=self.loss_name == "log-variance").log_weights
@@ -122,6 +156,59 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
         loss = -elbo if self.loss_name == "kl" else jnp.var(log_w)
         log_Z = jax.nn.logsumexp(log_w) - jnp.log(self.batch)
         return loss, {"elbo": jax.lax.stop_gradient(elbo), "log_Z": jax.lax.stop_gradient(log_Z)}
+
+
+def _log_ratio(x, mean_b, std_b, y, mean_f, std_f) -> Float[Array, "*n"]:
+    r"""$\log \mathcal N(x; m_B, \sigma_B^2) - \log \mathcal N(y; m_F, \sigma_F^2)$ formed as one
+    difference (the $2\pi$ terms cancel exactly, the normalisers enter as one log ratio)."""
+    z_b, z_f = (x - mean_b) / std_b, (y - mean_f) / std_f
+    d = x.shape[-1]
+    return 0.5 * (jnp.sum(z_f**2, -1) - jnp.sum(z_b**2, -1)) + d * jnp.log(std_f / std_b)
+
+
+def kahan_add(total: tuple[Array, Array], value: Array) -> tuple[Array, Array]:
+    """Compensated (Kahan) summation: add `value` to `total = (sum, compensation)`."""
+    s, c = total
+    y = value - c
+    t = s + y
+    return t, (t - s) - y
+
+
+def remat_scan(step, carry, xs):
+    r"""`lax.scan(step, carry, xs)[0]` with memory $O(\sqrt K)$ in the length $K$ for gradients.
+
+    The $K$ steps run as an outer scan over segments of $c$ steps ($c$ the divisor of $K$
+    nearest $\sqrt K$ from below); each segment and each step is a `jax.checkpoint`, so the
+    backward pass stores $K/c$ segment-start carries, recomputes one segment's $c$ carries at
+    a time and one step's intermediates at a time.
+    """
+    K = jax.tree.leaves(xs)[0].shape[0]
+    c = max(i for i in range(1, math.isqrt(K) + 1) if K % i == 0)
+    segments = jax.tree.map(lambda a: a.reshape(K // c, c, *a.shape[1:]), xs)
+    inner = jax.checkpoint(step, prevent_cse=False)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def segment(carry, seg):
+        return jax.lax.scan(inner, carry, seg)[0], None
+
+    return jax.lax.scan(segment, carry, segments)[0]
+
+
+def particle_sharding(devices: int) -> jax.sharding.NamedSharding:
+    """Shards an array's leading axis over a 1-D mesh `("particles",)` of the first
+    `devices` of `jax.devices()`, replicating the other axes."""
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:devices]), ("particles",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("particles"))
+
+
+def _check_devices(devices: int | None, batch: int) -> None:
+    if devices is None:
+        return
+    available = jax.device_count()
+    if isinstance(devices, bool) or not (isinstance(devices, int) and 1 <= devices <= available):
+        raise ValueError(f"devices must be None or an integer in [1, {available}] (jax.device_count()), got {devices!r}")
+    if batch % devices:
+        raise ValueError(f"batch ({batch}) must be a multiple of devices={devices}")
 
 
 def _check_stationary(process: AbstractProcess) -> None:
@@ -150,18 +237,25 @@ def _controlled(
     train_iters: int,
     learning_rate: float,
     grad_clip: float | None,
+    remat: bool = False,
+    devices: int | None = None,
 ) -> ControlledSDE:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if not (isinstance(batch, int) and batch >= 2):
         raise ValueError(f"batch must be an integer >= 2, got {batch!r}")
+    if not isinstance(remat, bool):
+        raise ValueError(f"remat must be True or False, got {remat!r}")
+    _check_devices(devices, batch)
     if integrator == "exponential":
         _check_stationary(process)
     options = TrainOptions(
         steps=train_iters, learning_rate=learning_rate, grad_clip=grad_clip or None
     )
     ts = time_grid(process, steps, spacing)
-    return ControlledSDE(process, controller, target, ts, options, integrator, loss, batch)
+    return ControlledSDE(
+        process, controller, target, ts, options, integrator, loss, batch, remat, devices
+    )
 
 
 def _factory(name: str, default_process: str, integrator: str, summary: str):
@@ -178,11 +272,13 @@ def _factory(name: str, default_process: str, integrator: str, summary: str):
         train_iters: int = 2000,
         learning_rate: float = 5e-3,
         grad_clip: float = 1.0,
+        remat: bool = False,
+        devices: int | None = None,
     ) -> ControlledSDE:
         return _controlled(
             target, process, controller, integrator=integrator, steps=steps, spacing=spacing,
             loss=loss, batch=batch, train_iters=train_iters, learning_rate=learning_rate,
-            grad_clip=grad_clip,
+            grad_clip=grad_clip, remat=remat, devices=devices,
         )
 
     factory.__name__ = factory.__qualname__ = name
@@ -191,7 +287,9 @@ def _factory(name: str, default_process: str, integrator: str, summary: str):
     Training (`sdekit.train`): `loss` (`"kl"` or `"log-variance"`), `batch` trajectories per
     step, `train_iters` Adam steps at peak `learning_rate` (cosine decay), global gradient
     norm clipped to `grad_clip` (0: none). `steps` is the number of time steps $K$ and
-    `spacing` the time grid (`"uniform"`, `"cosine"`, …)."""
+    `spacing` the time grid (`"uniform"`, `"cosine"`, …). `remat=True`: training memory
+    memory growing like sqrt(K), not K (checkpointed steps, same gradients). `devices`: shard
+    the particles over that many devices (`None`: no sharding; same results either way)."""
     return factory
 
 
