@@ -32,9 +32,12 @@ def _latent_values(model: Callable, args: tuple, kwargs: dict) -> dict[str, Arra
     try:
         trace = _trace(model, args, kwargs)
     except Exception as e:
+        hint = (" Does it get its data? (model_args/model_kwargs; on the command line a "
+                "`data` dict in its file, or --set target.data=NAME)"
+                if isinstance(e, TypeError) else "")
         raise TargetError(
             f"NumPyro model {name!r} failed when run with its data: {type(e).__name__}: "
-            f"{(str(e).strip().splitlines() or [''])[0]}"
+            f"{(str(e).strip().splitlines() or [''])[0]}.{hint}"
         ) from e
     latent = {k: s for k, s in trace.items() if s["type"] == "sample" and not s["is_observed"]}
     discrete = [k for k, s in latent.items() if getattr(s["fn"], "is_discrete", False)]
