@@ -23,8 +23,13 @@ SCALES = ("auto", "sigma", "none")
 
 
 class TimeEmbedding(eqx.Module):
-    r"""$\tau = t/T$ and, with `features` $= K > 0$, $\sin(\omega_k\tau)$, $\cos(\omega_k\tau)$ for
-    $K$ frequencies $\omega_k$ geometrically spaced in $[1, \omega_{\max}]$."""
+    r"""The network's view of time: $t/T$, the log noise level $c = \log\sigma_t$ (the
+    transition std from the data), and, with `features` $= K > 0$, $\sin(\omega_k c)$,
+    $\cos(\omega_k c)$ for $K$ frequencies geometrically spaced in $[\frac12, \omega_{\max}]$.
+
+    The score changes fastest near $t = 0$, where $\sigma_t$ is small; in $\log\sigma_t$
+    that change is spread out evenly, so a smooth network resolves it.
+    """
 
     T: float = eqx.field(static=True)
     features: int = eqx.field(static=True)
@@ -32,14 +37,15 @@ class TimeEmbedding(eqx.Module):
 
     @property
     def size(self) -> int:
-        return 1 + 2 * self.features
+        return 2 + 2 * self.features
 
-    def __call__(self, t: ScalarLike) -> Float[Array, " size"]:
-        tau = jnp.reshape(t / self.T, (1,))
+    def __call__(self, t: ScalarLike, sigma: ScalarLike) -> Float[Array, " size"]:
+        c = jnp.log(sigma)
+        base = jnp.stack([jnp.asarray(t / self.T, c.dtype), c])
         if self.features == 0:
-            return tau
-        omega = jnp.geomspace(1.0, self.max_frequency, self.features)
-        return jnp.concatenate([tau, jnp.sin(omega * tau), jnp.cos(omega * tau)])
+            return base
+        omega = jnp.geomspace(0.5, self.max_frequency, self.features)
+        return jnp.concatenate([base, jnp.sin(omega * c), jnp.cos(omega * c)])
 
 
 class _Net(AbstractScore):
@@ -51,10 +57,9 @@ class _Net(AbstractScore):
     scaled: bool = eqx.field(static=True)
 
     def _raw(self, t: ScalarLike, x: Float[Array, " d"]) -> Array:
-        out = self.mlp(jnp.concatenate([x, self.time(t)]))
-        if self.scaled:
-            out = out / self.process.marginal(t)[1]
-        return out
+        sigma = self.process.marginal(t)[1]
+        out = self.mlp(jnp.concatenate([x, self.time(t, sigma)]))
+        return out / sigma if self.scaled else out
 
 
 class ScoreNet(_Net):
@@ -85,7 +90,7 @@ def score_network(
     depth: int = 3,
     activation: str = "softplus",
     time_features: int = 8,
-    max_frequency: float = 30.0,
+    max_frequency: float = 8.0,
     scale: str = "auto",
     *,
     key: PRNGKeyArray,
@@ -99,7 +104,8 @@ def score_network(
     - `width`, `depth`: the MLP's hidden width and number of hidden layers.
     - `activation`: `softplus`, `silu`, `gelu` or `tanh`.
     - `time_features`, `max_frequency`: the time embedding (`TimeEmbedding`); 0 features
-      gives the MLP $t/T$ only.
+      gives the MLP $t/T$ and $\log\sigma_t$ only. It needs $\sigma_t > 0$ on the
+      process's $[t_{\min}, t_{\max}]$ (for `pbm`: $t_{\min} > 0$).
     - `scale`: `"sigma"` divides the output by the transition std $\sigma_t$ (the score of
       the noised data is $O(1/\sigma_t)$ near $t = 0$), `"none"` does not; `"auto"` is
       `"sigma"` for a score net and `"none"` for a potential net.
@@ -114,8 +120,14 @@ def score_network(
                                ("time_features", time_features, 0)):
         if isinstance(value, bool) or not (isinstance(value, int) and value >= least):
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-    if not max_frequency >= 1:
-        raise ValueError(f"max_frequency must be >= 1, got {max_frequency!r}")
+    if not max_frequency >= 0.5:
+        raise ValueError(f"max_frequency must be >= 0.5, got {max_frequency!r}")
+    for t in (process.t_min, process.t_max):
+        if not float(process.marginal(t)[1]) > 0:
+            raise ValueError(
+                f"the time embedding uses log sigma_t, but the process's transition std is 0 "
+                f"at t={t}; give the process a t_min/t_max where it is positive"
+            )
     time = TimeEmbedding(float(process.T), time_features, float(max_frequency))
     out = "scalar" if kind == "potential" else dim
     mlp = eqx.nn.MLP(dim + time.size, out, width, depth, activation=ACTIVATIONS[activation], key=key)
