@@ -2,8 +2,9 @@
 
     python examples/banana.py
     sdekit sample examples/banana.py:log_prob --set target.dim=2 --sampler pis \\
-        --train-iters 500 -n 5000
-    sdekit sample examples/banana.py:log_prob --set target.dim=4 --set target.b=0.05 ...
+        --set process.sigma=5.0 --train-iters 500 -n 5000
+    sdekit sample examples/banana.py:log_prob --set target.dim=4 --set target.b=0.05 \\
+        --sampler smc --set sampler.sigma=10.0
 
 `log_prob(x, b=0.1)` takes one point; sdekit vmaps it. `b` (curvature) has a default, so it
 is an option (`--set target.b=...`); the dimension is the option `dim`. The density is
