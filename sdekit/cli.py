@@ -669,6 +669,15 @@ def _draw(sampler: sdekit.AbstractSampler, key: jax.Array, n: int) -> sdekit.Sam
     return sampler.sample(key, n)
 
 
+def _run_target(sampler: sdekit.AbstractSampler, cfg: Mapping[str, Any]) -> sdekit.AbstractTarget:
+    """The sampler's target, or the configuration's where the sampler holds none."""
+    target = getattr(sampler, "target", None)
+    if isinstance(target, sdekit.AbstractTarget):
+        return target
+    return sdekit.resolve_target(cfg["target"]["name"],
+                                 **{k: v for k, v in cfg["target"].items() if k != "name"})
+
+
 def run_sample(cfg: Mapping[str, Any], sampler: sdekit.AbstractSampler | None = None,
                diagnostics: Sequence[str] | None = None, checkpoint: Path | None = None,
                progress: bool = False) -> dict[str, Any]:
@@ -685,10 +694,7 @@ def run_sample(cfg: Mapping[str, Any], sampler: sdekit.AbstractSampler | None = 
     """
     if sampler is None:
         sampler = compose_config(cfg)
-    target = getattr(sampler, "target", None)
-    if not isinstance(target, sdekit.AbstractTarget):
-        target = sdekit.resolve_target(cfg["target"]["name"],
-                                       **{k: v for k, v in cfg["target"].items() if k != "name"})
+    target = _run_target(sampler, cfg)
     n, key = cfg["n"], jax.random.PRNGKey(cfg["seed"])
     train_seconds = 0.0
     if isinstance(sampler, sdekit.AbstractTrainable):
@@ -1060,11 +1066,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     samples = sdekit.Samples(jnp.asarray(arrays["x"]), (
         jnp.asarray(arrays["log_weights"]) if "log_weights" in arrays else None
     ))
-    target = getattr(sampler, "target", None)
-    if not isinstance(target, sdekit.AbstractTarget):
-        target = sdekit.create("target", cfg["target"]["name"],
-                               **{k: v for k, v in cfg["target"].items() if k != "name"})
-    return {"cfg": cfg, "sampler": sampler, "target": target, "samples": samples}
+    return {"cfg": cfg, "sampler": sampler, "target": _run_target(sampler, cfg), "samples": samples}
 
 
 def _figure_png(fig: Any) -> bytes:
