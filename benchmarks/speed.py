@@ -12,8 +12,9 @@ For `pis` and `dds` with the PIS-grad controller (2 x 64) on `funnel` (d = 10) a
   same for a *floor*: a minimal, hand-written, jit-compiled `lax.scan` implementation of
   the same step and loss (same network, same Adam + clipping, same time grid), written
   below from scratch with plain jax / equinox / optax. sdekit and the floor are timed
-  interleaved, repetition by repetition, and compared by medians: ratio = sdekit / floor
-  (time per step) and floor / sdekit (throughput), so > 1 means sdekit is slower;
+  interleaved, repetition by repetition (alternating who goes first), and compared by
+  medians: ratio = sdekit time / floor time, so > 1 means sdekit is slower; the paired
+  ratio is the median over repetitions of the ratio of neighbouring calls;
 - the training-step time with `remat=True` (checkpointed steps), relative to without;
 - compile time: the first call minus the steady-state median;
 - peak memory: XLA's `memory_analysis()` of the compiled loss-and-gradient of one step
@@ -217,11 +218,18 @@ def speed(kind, target, K, batch, steps, n_sample, reps):
     }
     first = {name: _timed(lambda: fn(0)) for name, fn in runs.items()}
     times = {name: [] for name in runs}
+    groups = (("sdekit_train", "floor_train", "sdekit_remat_train"), ("sdekit_sample", "floor_sample"))
     for i in range(1, reps + 1):
-        order = list(runs) if i % 2 else list(reversed(runs))  # alternate who goes first
-        for name in order:
-            times[name].append(_timed(lambda: runs[name](i)))
+        for group, calls in zip(groups, (1, 3)):  # sampling is short: three pairs per repetition
+            for j in range(calls):
+                order = group if (i + j) % 2 else group[::-1]  # alternate who goes first
+                for name in order:
+                    times[name].append(_timed(lambda: runs[name](100 * i + j)))
     med = {name: statistics.median(v) for name, v in times.items()}
+
+    def paired(a, b):  # the median of ratios of neighbouring calls: robust to load changes
+        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
     out = {
         "sampler": kind, "target": target, "K": K, "batch": batch, "train_steps_per_call": steps,
         "n_sample": n_sample, "reps": reps,
@@ -235,6 +243,8 @@ def speed(kind, target, K, batch, steps, n_sample, reps):
         "times": times,
     }
     out["train_ratio"] = med["sdekit_train"] / med["floor_train"]
+    out["train_ratio_paired"] = paired("sdekit_train", "floor_train")
+    out["sample_ratio_paired"] = paired("sdekit_sample", "floor_sample")
     out["sdekit_remat_step_s"] = med["sdekit_remat_train"] / steps
     out["remat_cost"] = med["sdekit_remat_train"] / med["sdekit_train"]
     out["sample_ratio"] = med["sdekit_sample"] / med["floor_sample"]
@@ -278,11 +288,11 @@ SPEED_COLS = [
     ("sampler", lambda r: r["sampler"]), ("target", lambda r: r["target"]),
     ("sdekit step (s)", lambda r: f"{r['sdekit_step_s']:.4f}"),
     ("floor step (s)", lambda r: f"{r['floor_step_s']:.4f}"),
-    ("train ratio", lambda r: f"{r['train_ratio']:.3f}"),
+    ("train ratio (paired)", lambda r: f"{r['train_ratio']:.3f} ({r['train_ratio_paired']:.3f})"),
     ("remat step / plain", lambda r: f"{r['remat_cost']:.2f}"),
     ("sdekit sample (particle-steps/s)", lambda r: f"{r['sdekit_sample_throughput']:.3g}"),
     ("floor sample (particle-steps/s)", lambda r: f"{r['floor_sample_throughput']:.3g}"),
-    ("sample ratio", lambda r: f"{r['sample_ratio']:.3f}"),
+    ("sample ratio (paired)", lambda r: f"{r['sample_ratio']:.3f} ({r['sample_ratio_paired']:.3f})"),
     ("compile train sdekit/floor (s)",
      lambda r: f"{r['sdekit_train_compile_s']:.1f} / {r['floor_train_compile_s']:.1f}"),
     ("compile sample sdekit/floor (s)",
@@ -344,6 +354,13 @@ def main(argv=None):
     print(f"\nprocess max RSS {result['max_rss_mib']:.0f} MiB; load average at end "
           f"{result['device']['load_average_end']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.only and args.out.exists():  # keep the other part of an earlier run
+        old = json.loads(args.out.read_text())
+        other = "memory" if args.only == "speed" else "speed"
+        if other in old:
+            result[other] = old[other]
+            result[f"{other}_from"] = old.get(f"{other}_from", {"command": old.get("command"),
+                                                                 "device": old.get("device")})
     args.out.write_text(json.dumps(result, indent=1, default=float))
     print(f"wrote {args.out}")
 

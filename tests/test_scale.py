@@ -75,10 +75,13 @@ def _compiled_grad(model):
     return compiled(params), compiled.memory_analysis().temp_size_in_bytes
 
 
+SMALL = {"name": "mlp", "width": 16, "features": 4}  # quick to compile; remat is generic
+
+
 def test_remat_gives_the_same_gradients_with_memory_growing_like_sqrt_K():
     grads, sizes = {}, {}
     for K in (64, 256):  # segments of 8 and of 16 steps
-        model = _perturbed(_pis("funnel", steps=K, batch=32))
+        model = _perturbed(sdekit.compose("funnel", {"name": "pis", "steps": K, "batch": 32}, controller=SMALL))
         for remat in (False, True):
             model = dataclasses.replace(model, remat=remat)
             grads[K, remat], sizes[K, remat] = _compiled_grad(model)
@@ -91,7 +94,7 @@ def test_remat_gives_the_same_gradients_with_memory_growing_like_sqrt_K():
 
 def test_remat_with_a_prime_number_of_steps():
     # 13 steps: no divisor near sqrt(K), segments of one step
-    model = _perturbed(sdekit.compose("funnel", {"name": "dds", "steps": 13, "batch": 16}))
+    model = _perturbed(sdekit.compose("funnel", {"name": "dds", "steps": 13, "batch": 16}, controller=SMALL))
     plain, _ = _compiled_grad(model)
     remat, _ = _compiled_grad(dataclasses.replace(model, remat=True))
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
@@ -99,6 +102,7 @@ def test_remat_with_a_prime_number_of_steps():
 
 
 def _run_python(code: str, **env) -> dict:
+    """Run `code` in a fresh Python (with `env`); it prints a JSON line, returned here."""
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
@@ -137,12 +141,24 @@ SHARDED = """
         "shard_shape": list(b.x.sharding.shard_shape(b.x.shape)),
         "param_max_rel_diff": max(float(jnp.max(jnp.abs(p - q)) / (jnp.max(jnp.abs(p)) + 1e-30))
                                   for p, q in zip(pa, pb)),
+        # then float64 (switched on before anything of it is built), for the precision test
+        "float64": (jax.config.update("jax_enable_x64", True), _exact_dds_log_weights())[1],
     }))
 """
 
 
-def test_sharded_particles_give_the_single_device_results():
-    out = _run_python(SHARDED, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+@pytest.fixture(scope="module")
+def subprocess_results():
+    """One fresh Python with 4 host devices (set before jax is imported)."""
+    return _run_python(
+        "from test_scale import _exact_dds_log_weights\n" + textwrap.dedent(SHARDED),
+        XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_ENABLE_X64="0",
+        PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]),
+    )
+
+
+def test_sharded_particles_give_the_single_device_results(subprocess_results):
+    out = subprocess_results
     assert out["devices"] == 4 and out["shard_shape"] == [16, 10]
     # the same random numbers and the same per-particle arithmetic: bitwise equal
     assert out["x_equal"] and out["log_w_max_diff"] == 0.0 and out["back_max_diff"] == 0.0
@@ -167,12 +183,8 @@ def _exact_dds_log_weights():
             "max_err": float(jnp.max(jnp.abs(log_w - 1.5))), "mean_err": float(jnp.mean(log_w) - 1.5)}
 
 
-def test_log_weights_float32_and_float64_agree_with_the_exact_value_at_K_1024():
-    f32 = _exact_dds_log_weights()
-    f64 = _run_python(
-        "import json, test_scale; print(json.dumps(test_scale._exact_dds_log_weights()))",
-        JAX_ENABLE_X64="1", PYTHONPATH=os.path.dirname(__file__),
-    )
+def test_log_weights_float32_and_float64_agree_with_the_exact_value_at_K_1024(subprocess_results):
+    f32, f64 = _exact_dds_log_weights(), subprocess_results["float64"]
     assert f32["dtype"] == "float32" and f64["dtype"] == "float64"
     assert f64["ts"] == "float64" and f64["params"] == ["float64"]
     assert f64["max_err"] < 1e-9
