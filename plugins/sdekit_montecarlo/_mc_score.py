@@ -34,6 +34,9 @@ class MonteCarloScore(AbstractScore):
     Near `t_max` the proposal is wide ($\sigma_t/a_t$ large for `vp`), so few draws land on the
     target's mass: the estimate needs many `draws` there.
 
+    Where every draw has $\gamma = 0$ ($\log\gamma = -\infty$) the self-normalised estimate
+    is undefined and returned as NaN (no fallback).
+
     `draws` per evaluation, processed `chunk` at a time with a running log-sum-exp (`N`
     points under `jax.vmap` hold `N x chunk` draws, never `N x draws`).
 
