@@ -81,7 +81,8 @@ SMALL = {"name": "mlp", "width": 16, "features": 4}  # quick to compile; remat i
 def test_remat_gives_the_same_gradients_with_memory_growing_like_sqrt_K():
     grads, sizes = {}, {}
     for K in (64, 256):  # segments of 8 and of 16 steps
-        model = _perturbed(sdekit.compose("funnel", {"name": "pis", "steps": K, "batch": 32}, controller=SMALL))
+        spec = {"name": "pis", "steps": K, "batch": 32}
+        model = _perturbed(sdekit.compose("funnel", spec, controller=SMALL))
         for remat in (False, True):
             model = dataclasses.replace(model, remat=remat)
             grads[K, remat], sizes[K, remat] = _compiled_grad(model)
