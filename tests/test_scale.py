@@ -152,7 +152,7 @@ SHARDED = """
 def subprocess_results():
     """One fresh Python with 4 host devices (set before jax is imported)."""
     return _run_python(
-        "from test_scale import _exact_dds_log_weights\n" + textwrap.dedent(SHARDED),
+        "from test_scale import SMALL, _exact_dds_log_weights\n" + textwrap.dedent(SHARDED),
         XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_ENABLE_X64="0",
         PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]),
     )
@@ -175,9 +175,10 @@ def test_devices_option_is_checked():
 
 
 def _exact_dds_log_weights():
-    # N(0, I) is the stationary law of vp: with the zero control every weight is log Z = 1.5
+    # N(0, I) is the stationary law of vp: with the zero control (any controller's initial
+    # one: its last layer is zero) every weight is log Z = 1.5
     target = sdekit.create("target", "gaussian", dim=10, mean=[0.0] * 10, log_Z=1.5)
-    sampler = sdekit.compose(target, {"name": "dds", "steps": 1024})
+    sampler = sdekit.compose(target, {"name": "dds", "steps": 1024}, controller=SMALL)
     log_w = sampler.sample(jax.random.key(0), 256).log_weights
     params = {str(a.dtype) for a in jax.tree.leaves(sampler.controller) if hasattr(a, "dtype")}
     return {"dtype": str(log_w.dtype), "ts": str(sampler.ts.dtype), "params": sorted(params),
