@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import sdekit
-from sdekit_fokker_planck import divergence, fp_residual, hutchinson_divergence, noised_points, ode_sde_gap
+from sdekit.fokker_planck import divergence, hutchinson_divergence
+from sdekit_fokker_planck import fp_residual, noised_points, ode_sde_gap
 
 RESULTS = Path(__file__).parent / "results"
 PROCESSES = {

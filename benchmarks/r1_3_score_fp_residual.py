@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import sdekit
-from sdekit_score_models import score_matching, score_network, score_residual
+from sdekit.fokker_planck import score_fp_residual
+from sdekit_score_models import score_matching, score_network
 
 RESULTS = Path(__file__).parent / "results"
 BINS = ((1e-3, 1e-2), (1e-2, 1e-1), (1e-1, 1.0), (1.0, 5.0))
@@ -59,7 +60,7 @@ def residual_by_bin(score, process, target, key, n: int = 512):
         t = jnp.exp(jax.random.uniform(k1, (n,), minval=np.log(lo), maxval=np.log(hi)))
         a, s = jax.vmap(process.marginal)(t)
         x = a[:, None] * target.sample(k2, n) + s[:, None] * jax.random.normal(k3, (n, 2))
-        r = jax.vmap(lambda t, x: score_residual(score, process, t, x))(t, x)
+        r = jax.vmap(lambda t, x: score_fp_residual(score, process, t, x)[0])(t, x)
         out.append(jnp.mean(jnp.sum(r**2, -1)))
     return jnp.stack(out)
 

@@ -8,18 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import sdekit
 from sdekit_fokker_planck import (
     FokkerPlanck,
     Grid,
     SinePerturbedScore,
-    divergence,
     fp_residual,
     fp_residual_values,
-    hutchinson_divergence,
     noised_points,
     ode_sde_gap,
 )
+
+import sdekit
+from sdekit.fokker_planck import divergence, hutchinson_divergence
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

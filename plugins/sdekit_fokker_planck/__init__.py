@@ -3,21 +3,14 @@
 Diagnostics (registered): `fp-residual`, `ode-sde-gap`, `trajectory-l2`, `score-error`,
 `girsanov-bound`; each is also a plain function here (`fp_residual`, `ode_sde_gap`,
 `score_error`, `girsanov_bound`, and `model_densities_grid` / `true_densities` behind
-`trajectory-l2`). The solver: `Grid` and `FokkerPlanck` (d <= 2).
+`trajectory-l2`). The solver: `Grid` and `FokkerPlanck` (d <= 2). The pointwise operators
+(divergences, residuals) are in the core, `sdekit.fokker_planck`.
 """
 
 import sdekit
 
 from ._diagnostics import FPResidual, GirsanovBound, ODESDEGap, ScoreError, TrajectoryL2, ode_sde_gap
 from ._fv import FokkerPlanck, Grid, bernoulli, face_coefficients
-from ._operators import (
-    divergence,
-    hutchinson_divergence,
-    laplacian,
-    log_fp_residual,
-    score_fp_residual,
-    squared_norm_estimate,
-)
 from ._residuals import fp_residual, fp_residual_values, girsanov_bound, noised_points, score_error
 from ._scores import SinePerturbedScore
 from ._trajectory import (
@@ -40,23 +33,17 @@ __all__ = [
     "SinePerturbedScore",
     "TrajectoryL2",
     "bernoulli",
-    "divergence",
     "face_coefficients",
     "fp_residual",
     "fp_residual_values",
     "generative_fokker_planck",
     "girsanov_bound",
-    "hutchinson_divergence",
     "kde_density",
-    "laplacian",
-    "log_fp_residual",
     "model_densities_grid",
     "noised_points",
     "ode_sde_gap",
     "score_error",
-    "score_fp_residual",
     "simulate",
-    "squared_norm_estimate",
     "true_densities",
 ]
 

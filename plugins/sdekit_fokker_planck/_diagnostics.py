@@ -17,9 +17,9 @@ from jaxtyping import PRNGKeyArray
 
 import sdekit
 from sdekit import AbstractDiagnostic, AbstractProcess, AbstractSampler, AbstractScore, AbstractTarget, Samples
+from sdekit.fokker_planck import check_divergence
 
 from ._fv import Grid
-from ._operators import check_divergence
 from ._residuals import fp_residual, girsanov_bound, score_error
 from ._trajectory import KINDS, kde_density, model_densities_grid, simulate, true_densities
 

@@ -16,7 +16,12 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from sdekit import AbstractProcess, AbstractScore
 
-from ._operators import check_divergence, log_fp_residual, score_fp_residual, squared_norm_estimate
+from sdekit.fokker_planck import (
+    check_divergence,
+    log_fp_residual,
+    score_fp_residual,
+    squared_norm_estimate,
+)
 
 
 def noised_points(

@@ -6,7 +6,7 @@
   `sdekit.AbstractScore`s, built by `score_network`;
 - training: `score_matching(data, net, ...)` is an `sdekit.AbstractTrainable` for
   `sdekit.train`: DSM for any process with Gaussian transitions, plus an optional
-  Fokker–Planck residual (`log_density_residual`, `score_residual`) with a weight;
+  Fokker–Planck residual (`sdekit.fokker_planck`) with a weight;
 - sampling: `sample_sde`, `sample_ode` (the `reverse-sde` and `pf-ode` samplers);
 - runs: `train_run` (what `sdekit train-score` does) and the registered score `learned`,
   which loads a trained network from a run directory.
@@ -18,7 +18,6 @@ from ._cli import train_score
 from ._data import DATASETS, dataset, datasets, load_data
 from ._dsm import ScoreMatching, sample_ode, sample_sde, score_matching
 from ._networks import PotentialNet, ScoreNet, TimeEmbedding, score_network
-from ._residuals import divergence, log_density_residual, score_residual
 from ._run import learned, load_run, resolve, train_run
 
 __all__ = [
@@ -29,17 +28,14 @@ __all__ = [
     "TimeEmbedding",
     "dataset",
     "datasets",
-    "divergence",
     "learned",
     "load_data",
     "load_run",
-    "log_density_residual",
     "resolve",
     "sample_ode",
     "sample_sde",
     "score_matching",
     "score_network",
-    "score_residual",
     "train_run",
     "train_score",
 ]

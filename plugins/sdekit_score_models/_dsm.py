@@ -7,9 +7,9 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
 import sdekit
 from sdekit import AbstractProcess, AbstractTarget, AbstractTrainable, TrainOptions
+from sdekit.fokker_planck import DIVERGENCES, log_fp_residual, score_fp_residual
 
 from ._networks import PotentialNet, ScoreNet
-from ._residuals import log_density_residual, score_residual
 
 __all__ = ["FP_POINTS", "TIME_DISTRIBUTIONS", "WEIGHTINGS", "ScoreMatching", "score_matching",
            "sample_ode", "sample_sde"]
@@ -17,7 +17,6 @@ __all__ = ["FP_POINTS", "TIME_DISTRIBUTIONS", "WEIGHTINGS", "ScoreMatching", "sc
 TIME_DISTRIBUTIONS = ("uniform", "beta")
 WEIGHTINGS = ("sigma2", "none")
 FP_POINTS = ("noised", "box")
-DIVERGENCES = ("exact", "hutchinson")
 
 
 class ScoreMatching(AbstractTrainable):
@@ -29,7 +28,7 @@ class ScoreMatching(AbstractTrainable):
     $\mathbb E_t\,\lambda(t)\,\mathbb E\|s_\theta(t, x_t) + z/\sigma_t\|^2
     + w_{\mathrm{FP}}\,\mathbb E\,\sigma_t^p R^2$,
     with $R$ the log-density residual $R_u$ for a `PotentialNet` and the score residual
-    $\|R_s\|$ for a `ScoreNet` (see `log_density_residual`, `score_residual`), evaluated
+    $\|R_s\|$ for a `ScoreNet` (see `sdekit.fokker_planck.log_fp_residual`, `score_fp_residual`), evaluated
     at the first `fp_batch` noised points $(t, x_t)$ of the batch (`fp_points="noised"`)
     or at uniform points of $[t_{\min}, t_{\max}] \times [-b, b]^d$, $b$ = `fp_box`
     (`"box"`). Build it with `score_matching`; the fields are documented there.
@@ -104,8 +103,8 @@ class ScoreMatching(AbstractTrainable):
     def residual(self, t, x: Float[Array, " d"], probe: Float[Array, " d"] | None = None) -> Array:
         """The Fokker–Planck residual of the network at one point (see the class docs)."""
         if isinstance(self.net, PotentialNet):
-            return log_density_residual(self.net.potential, self.process, t, x, probe)
-        return score_residual(self.net, self.process, t, x, probe)
+            return log_fp_residual(self.net.potential, self.process, t, x, probe)[0]
+        return score_fp_residual(self.net, self.process, t, x, probe)[0]
 
     def loss(self, key: PRNGKeyArray) -> tuple[Scalar, dict[str, Scalar]]:
         parts = self.losses(key, self.batch)

@@ -1,5 +1,9 @@
 r"""Pointwise Fokker–Planck operators: divergences, the score and log-density residuals.
 
+Shared by the `fp-residual` diagnostic (plugin `sdekit_fokker_planck`) and the
+Fokker–Planck regulariser of denoising score matching (plugin `sdekit_score_models`):
+`from sdekit.fokker_planck import score_fp_residual`.
+
 For the forward SDE $dY = f(t, Y)\,dt + g(t)\,dW$ the marginal $p_t$ solves
 $\partial_t p = -\nabla\cdot(f p) + \tfrac12 g^2 \Delta p$, so $u = \log p_t$ and
 $s = \nabla u$ solve
