@@ -98,7 +98,7 @@ def mc_score(
     $\\mathcal N(x/a_t, \\sigma_t^2/a_t^2 I)$ and weights $\\gamma(x_0)$. `draws`: draws per
     evaluation; `chunk`: draws held at once per point (`None`: all); `gradient`:
     `"stein"` (Tweedie, values only), `"autodiff"` (target-score identity) or `"auto"`
-    (autodiff where $a_t \ge \sigma_t$, else Stein); `common_draws`: the same
+    (autodiff where $a_t \\ge \\sigma_t$, else Stein); `common_draws`: the same
     draws for every `(t, x)`; `seed`: the key of the draws.
     """
     if not isinstance(process, AbstractProcess):
