@@ -10,6 +10,8 @@ are the target's exact samples when it has them, else the rows of `samples`. A d
 that lacks what it needs returns `{}`.
 """
 
+import abc
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -288,17 +290,18 @@ class TrajectoryL2(AbstractDiagnostic):
         }
 
 
-class ScoreError(AbstractDiagnostic):
-    r"""`score_error`: $E_{t, x\sim p_t}\|s_\theta - \nabla\log p_t\|^2$ against the exact score, with its SE.
-
-    The exact score is `reference=`, or the closed form for a Gaussian-mixture target.
-    `n` points $(t, x_t)$ as in `fp-residual`.
-    """
+class _AgainstExactScore(AbstractDiagnostic):
+    """A measure of a score against the exact one (`reference=`, or the closed form for a
+    Gaussian-mixture target), on `n` points $(t, x_t)$ as in `fp-residual`."""
 
     n: int = 4000
 
     def __check_init__(self):
         _check_count(n=(self.n, 2))
+
+    @abc.abstractmethod
+    def _measure(self, key, score, reference, process, x0) -> dict[str, float]:
+        ...
 
     def __call__(
         self,
@@ -313,14 +316,21 @@ class ScoreError(AbstractDiagnostic):
     ) -> dict[str, float]:
         score, process = _parts(sampler, score, process)
         ref = None if score is None else _reference(reference, target, process)
-        k_data, k_err = jax.random.split(key)
+        k_data, k_measure = jax.random.split(key)
         x0 = None if ref is None else _data(k_data, target, samples, self.n)
         if x0 is None:
             return {}
-        return score_error(k_err, score, ref, process, x0, n=self.n)
+        return self._measure(k_measure, score, ref, process, x0)
 
 
-class GirsanovBound(AbstractDiagnostic):
+class ScoreError(_AgainstExactScore):
+    r"""`score_error`: $E_{t, x\sim p_t}\|s_\theta - \nabla\log p_t\|^2$ against the exact score, with its SE."""
+
+    def _measure(self, key, score, reference, process, x0):
+        return score_error(key, score, reference, process, x0, n=self.n)
+
+
+class GirsanovBound(_AgainstExactScore):
     r"""`girsanov_bound`: $\mathrm{KL}(p_{t_{\max}}\|\text{prior}) + \tfrac12\int g^2 E\|s_\theta - \nabla\log p_t\|^2 dt$.
 
     An upper bound on $\mathrm{KL}(p_{t_{\min}} \| q)$ for the model $q$ of the reverse SDE
@@ -328,27 +338,8 @@ class GirsanovBound(AbstractDiagnostic):
     Gaussian-mixture target). Returns the bound, its two terms, and standard errors.
     """
 
-    n: int = 4000
-
-    def __check_init__(self):
-        _check_count(n=(self.n, 2))
-
-    def __call__(
-        self,
-        key: PRNGKeyArray,
-        *,
-        target: AbstractTarget | None = None,
-        sampler: AbstractSampler | None = None,
-        samples: Samples | None = None,
-        score: AbstractScore | None = None,
-        process: AbstractProcess | None = None,
-        reference: AbstractScore | None = None,
-    ) -> dict[str, float]:
-        score, process = _parts(sampler, score, process)
-        ref = None if score is None else _reference(reference, target, process)
-        k_data, k_b = jax.random.split(key)
-        x0 = None if ref is None else _data(k_data, target, samples, self.n)
-        if x0 is None or not callable(getattr(ref, "log_prob", None)):
+    def _measure(self, key, score, reference, process, x0):
+        if not callable(getattr(reference, "log_prob", None)):
             return {}
-        return girsanov_bound(k_b, score, ref, process, x0, n=self.n)
+        return girsanov_bound(key, score, reference, process, x0, n=self.n)
 
