@@ -65,33 +65,19 @@ def _potential_of(score) -> Callable | None:
 
 
 @eqx.filter_jit
-def _score_values(score, process, ts, xs, keys, divergence: str, probes: int, chunk: int):
+def _squared_residuals(residual, field, process, ts, xs, keys, divergence: str, probes: int, chunk: int):
+    """`(|R|^2, scale)` at each point for `residual` (`score_fp_residual` of a score or
+    `log_fp_residual` of a potential): exact, or unbiased from `probes` Hutchinson probes."""
     d = xs.shape[-1]
 
     def one(args):
         t, x, k = args
         if divergence == "exact":
-            R, scale = score_fp_residual(score, process, t, x)
-            return jnp.dot(R, R), scale
+            R, scale = residual(field, process, t, x)
+            return jnp.sum(R**2), scale
         v = jax.random.rademacher(k, (probes, d)).astype(x.dtype)
-        R, scale = jax.vmap(lambda p: score_fp_residual(score, process, t, x, p))(v)
+        R, scale = jax.vmap(lambda p: residual(field, process, t, x, p))(v)
         return squared_norm_estimate(R), jnp.mean(scale)
-
-    return jax.lax.map(one, (ts, xs, keys), batch_size=chunk)
-
-
-@eqx.filter_jit
-def _log_values(potential, process, ts, xs, keys, divergence: str, probes: int, chunk: int):
-    d = xs.shape[-1]
-
-    def one(args):
-        t, x, k = args
-        if divergence == "exact":
-            r, scale = log_fp_residual(potential, process, t, x)
-            return r**2, scale
-        v = jax.random.rademacher(k, (probes, d)).astype(x.dtype)
-        r, scale = jax.vmap(lambda p: log_fp_residual(potential, process, t, x, p))(v)
-        return squared_norm_estimate(r), jnp.mean(scale)
 
     return jax.lax.map(one, (ts, xs, keys), batch_size=chunk)
 
@@ -117,14 +103,14 @@ def fp_residual_values(
     check_divergence(divergence, probes)
     keys = jax.random.split(key, ts.shape[0])
     if not log_density:
-        return _score_values(score, process, ts, xs, keys, divergence, probes, chunk)
+        return _squared_residuals(score_fp_residual, score, process, ts, xs, keys, divergence, probes, chunk)
     potential = _potential_of(score)
     if potential is None:
         raise ValueError(
             f"{type(score).__name__} has no `potential(t, x)` or `log_prob(t, x)`, so it has no "
             "log-density residual"
         )
-    return _log_values(potential, process, ts, xs, keys, divergence, probes, chunk)
+    return _squared_residuals(log_fp_residual, potential, process, ts, xs, keys, divergence, probes, chunk)
 
 
 def fp_residual(
