@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import sdekit
 from sdekit import _io
@@ -802,8 +804,6 @@ def test_killed_training_resumes_to_the_uninterrupted_run(runner, tmp_path, monk
 # --------------------------------------------------------------------------------------
 # fuzzing the command line and the configuration parser
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 #: What a user might type after each option, well-formed or not.
 VALUES = ["fake-gauss", "fake-gaus", "gmm40", "fake-sampler", "fake-plain", "fake-process",
