@@ -80,6 +80,49 @@ def test_fp_residual_nonzero_for_perturbed_score(vp_parts):
     exact_out = fp_residual(jax.random.key(1), perturbed(0.0), process, x0, n=N_POINTS)
     assert exact_out["fp_residual_relative"] < 1e-4  # float32 rounding only
     assert out["fp_residual"] > 1e6 * exact_out["fp_residual"]
+    # per time bin (10 uniform bins by default): every bin of the exact score is rounding
+    # only, every bin of the perturbed one clearly non-zero
+    assert len(out["fp_residual_bins"]) == len(out["fp_residual_bins_se"]) == 10
+    np.testing.assert_allclose(out["fp_residual_bin_edges"], np.linspace(process.t_min, process.t_max, 11))
+    bins, ses, exact_bins = (np.array(v[k]) for v, k in ((out, "fp_residual_bins"), (out, "fp_residual_bins_se"),
+                                                          (exact_out, "fp_residual_bins")))
+    assert np.all(bins > 3 * ses) and np.all(exact_bins < 1e-6 * bins)
+
+
+class LatePerturbedScore(sdekit.AbstractScore):
+    """The exact score plus eps (t - 0.55)_+^2 sin(2x): exact (and C^1 in t) up to t = 0.55."""
+
+    base: sdekit.AbstractScore
+    epsilon: float
+
+    def __call__(self, t, x):
+        return self.base(t, x) + self.epsilon * jnp.maximum(t - 0.55, 0.0) ** 2 * jnp.sin(2.0 * x)
+
+
+def test_fp_residual_bins_locate_a_late_error(vp_parts):
+    """A score wrong only for t > 0.55: the bins below are those of the exact score (the same
+    points), the two late bins are far above them; the plot draws the bins."""
+    target, process, perturbed = vp_parts
+    x0 = target.sample(jax.random.key(0), N_POINTS)
+    late = fp_residual(jax.random.key(1), LatePerturbedScore(perturbed(0.0).base, 1.0), process, x0,
+                       n=N_POINTS, bins=4)
+    exact = fp_residual(jax.random.key(1), perturbed(0.0), process, x0, n=N_POINTS, bins=4)
+    assert late["fp_residual_bin_edges"][2] < 0.55 < late["fp_residual_bin_edges"][3]
+    bins, ses, exact_bins = (np.array(v[k]) for v, k in ((late, "fp_residual_bins"), (late, "fp_residual_bins_se"),
+                                                          (exact, "fp_residual_bins")))
+    np.testing.assert_allclose(bins[:2], exact_bins[:2], rtol=1e-5)
+    assert np.all(bins[2:] > 3 * ses[2:]) and np.all(bins[2:] > 1e6 * exact_bins[2:])
+    # the overall value is the bins' stratified mean (equal widths: their plain mean)
+    np.testing.assert_allclose(late["fp_residual"], bins.mean(), rtol=1e-6)
+    np.testing.assert_allclose(late["fp_residual_se"], np.sqrt(np.sum(ses**2)) / 4, rtol=1e-6)
+    diag = sdekit.create("diagnostic", "fp-residual", n=N_POINTS, bins=4)
+    fig = diag.plot(late)
+    assert len(fig.axes) == 1 and len(fig.axes[0].lines) >= 2
+    with pytest.raises(ValueError, match="t_min > 0"):
+        fp_residual(jax.random.key(1), perturbed(0.0), sdekit.create("process", "pbm"), x0, n=N_POINTS,
+                    bin_spacing="log")
+    with pytest.raises(ValueError, match="n >= 2 \\* bins"):
+        fp_residual(jax.random.key(1), perturbed(0.0), process, x0, n=10, bins=6)
 
 
 def test_hutchinson_divergence_matches_exact(vp_parts):
@@ -115,11 +158,16 @@ def test_diagnostic_reads_score_from_sampler(vp_parts):
     sampler = sdekit.compose(target, {"name": "reverse-sde", "steps": 10}, process=process, score=perturbed(0.0))
     diag = sdekit.create("diagnostic", "fp-residual", n=N_POINTS)
     out = diag(jax.random.key(0), target=target, sampler=sampler)
-    assert set(out) == {"fp_residual", "fp_residual_se", "fp_residual_relative"}
+    assert set(out) == {"fp_residual", "fp_residual_se", "fp_residual_relative", "fp_residual_bins",
+                        "fp_residual_bins_se", "fp_residual_bin_edges"}
     assert out["fp_residual_relative"] < 1e-4
     assert diag(jax.random.key(0), target=target) == {}  # no score: does not apply
     with pytest.raises(sdekit.CompositionError, match="divergence"):
         sdekit.create("diagnostic", "fp-residual", divergence="trace")
+    with pytest.raises(sdekit.CompositionError, match="bin_spacing"):
+        sdekit.create("diagnostic", "fp-residual", bin_spacing="geometric")
+    with pytest.raises(sdekit.CompositionError, match="n >= 2 \\* bins"):
+        sdekit.create("diagnostic", "fp-residual", n=10, bins=6)
 
 
 def test_ode_sde_gap_within_noise_floor_and_grows(vp_parts):

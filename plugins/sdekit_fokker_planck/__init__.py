@@ -11,7 +11,16 @@ import sdekit
 
 from ._diagnostics import FPResidual, GirsanovBound, ODESDEGap, ScoreError, TrajectoryL2, ode_sde_gap
 from ._fv import FokkerPlanck, Grid, bernoulli, face_coefficients
-from ._residuals import fp_residual, fp_residual_values, girsanov_bound, noised_points, score_error
+from ._residuals import (
+    BIN_SPACINGS,
+    binned_noised_points,
+    fp_residual,
+    fp_residual_values,
+    girsanov_bound,
+    noised_points,
+    score_error,
+    time_bin_edges,
+)
 from ._scores import SinePerturbedScore
 from ._trajectory import (
     GenerativeDrift,
@@ -23,6 +32,7 @@ from ._trajectory import (
 )
 
 __all__ = [
+    "BIN_SPACINGS",
     "FPResidual",
     "FokkerPlanck",
     "GenerativeDrift",
@@ -33,6 +43,7 @@ __all__ = [
     "SinePerturbedScore",
     "TrajectoryL2",
     "bernoulli",
+    "binned_noised_points",
     "face_coefficients",
     "fp_residual",
     "fp_residual_values",
@@ -44,6 +55,7 @@ __all__ = [
     "ode_sde_gap",
     "score_error",
     "simulate",
+    "time_bin_edges",
     "true_densities",
 ]
 

@@ -11,6 +11,7 @@ that lacks what it needs returns `{}`.
 """
 
 import abc
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +23,11 @@ from sdekit import AbstractDiagnostic, AbstractProcess, AbstractSampler, Abstrac
 from sdekit.fokker_planck import check_divergence
 
 from ._fv import Grid
-from ._residuals import fp_residual, girsanov_bound, score_error
+from ._residuals import BIN_SPACINGS, fp_residual, girsanov_bound, score_error
 from ._trajectory import KINDS, kde_density, model_densities_grid, simulate, true_densities
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 W2_MAX = 5000
 
@@ -62,25 +66,36 @@ def _check_count(**values) -> None:
 
 
 class FPResidual(AbstractDiagnostic):
-    r"""The score Fokker–Planck residual $E_{t, x\sim p_t}\|R\|^2$ (and the log-density one for potentials).
+    r"""The score Fokker–Planck residual $E_{t, x\sim p_t}\|R\|^2$ (and the log-density one for potentials), overall and per time bin.
 
     $R = \partial_t s - \nabla_x[\tfrac12 g^2(\nabla\cdot s + \|s\|^2) - f\cdot s - \nabla\cdot f]$
-    at `n` points $(t, x_t)$, $t$ stratified on the process's window, $x_t$ the forward
-    process from data. `divergence`: `"exact"` (Jacobian traces, small `d`) or
-    `"hutchinson"` (`probes` Rademacher probes per point, combined into an unbiased
-    estimate of $\|R\|^2$). Returns `fp_residual`, `fp_residual_se`, `fp_residual_relative`,
-    and, for a score with `potential(t, x)` (a potential net) or `log_prob(t, x)` (the exact
-    mixture score), `log_fp_residual*` for
+    at `n` points $(t, x_t)$, $x_t$ the forward process from data, $t$ stratified in
+    `bins` intervals of the process's window (`bin_spacing`: `"uniform"` in $t$, the
+    default, or `"log"` in $\log t$, which needs $t_{\min} > 0$; `n >= 2 * bins`).
+    `divergence`: `"exact"` (Jacobian traces, small `d`) or `"hutchinson"` (`probes`
+    Rademacher probes per point, combined into an unbiased estimate of $\|R\|^2$).
+
+    Returns `fp_residual`, `fp_residual_se`, `fp_residual_relative`, the per-bin lists
+    `fp_residual_bins`, `fp_residual_bins_se` and `fp_residual_bin_edges`, and, for a
+    score with `potential(t, x)` (a potential net) or `log_prob(t, x)` (the exact mixture
+    score), `log_fp_residual*` for
     $\partial_t u + \nabla\cdot f + f\cdot\nabla u - \tfrac12 g^2(\Delta u + |\nabla u|^2)$.
+    `plot` draws the per-bin residuals against $t$ (see `fp_residual`).
     """
 
     n: int = 1000
     divergence: str = "exact"
     probes: int = 2
+    bins: int = 10
+    bin_spacing: str = "uniform"
 
     def __check_init__(self):
-        _check_count(n=(self.n, 2))
+        _check_count(n=(self.n, 2), bins=(self.bins, 1))
         check_divergence(self.divergence, self.probes)
+        if self.bin_spacing not in BIN_SPACINGS:
+            raise ValueError(f"bin_spacing must be one of {BIN_SPACINGS}, got {self.bin_spacing!r}")
+        if self.n < 2 * self.bins:
+            raise ValueError(f"need n >= 2 * bins (two points per time bin), got n={self.n}, bins={self.bins}")
 
     def __call__(
         self,
@@ -91,15 +106,49 @@ class FPResidual(AbstractDiagnostic):
         samples: Samples | None = None,
         score: AbstractScore | None = None,
         process: AbstractProcess | None = None,
-    ) -> dict[str, float]:
+    ) -> dict[str, float | list[float]]:
         score, process = _parts(sampler, score, process)
         k_data, k_res = jax.random.split(key)
         x0 = None if score is None else _data(k_data, target, samples, self.n)
         if x0 is None:
             return {}
         return fp_residual(
-            k_res, score, process, x0, n=self.n, divergence=self.divergence, probes=self.probes
+            k_res, score, process, x0, n=self.n, divergence=self.divergence, probes=self.probes,
+            bins=self.bins, bin_spacing=self.bin_spacing,
         )
+
+    def plot(self, values: dict[str, Any]) -> "Figure | None":
+        r"""Per time bin: $E\|R\|^2$ with ±2 standard errors (one panel per residual), and
+        the overall value as a dashed line; log scales where the values allow."""
+        if "fp_residual_bins" not in values:
+            return None
+        from matplotlib.figure import Figure
+
+        edges = np.asarray(values["fp_residual_bin_edges"], dtype=float)
+        log_t = self.bin_spacing == "log"
+        centres = np.sqrt(edges[:-1] * edges[1:]) if log_t else 0.5 * (edges[:-1] + edges[1:])
+        names = [n for n in ("fp_residual", "log_fp_residual") if f"{n}_bins" in values]
+        titles = {"fp_residual": "score residual $E\\|R_s\\|^2$",
+                  "log_fp_residual": "log-density residual $E R_u^2$"}
+        fig = Figure(figsize=(5.0 * len(names), 3.8), layout="constrained")
+        for i, name in enumerate(names):
+            ax = fig.add_subplot(1, len(names), i + 1)
+            mean = np.asarray(values[f"{name}_bins"], dtype=float)
+            se = np.asarray(values[f"{name}_bins_se"], dtype=float)
+            ax.errorbar(centres, mean, yerr=2 * se, fmt="o-", ms=3, capsize=2, label="per bin ± 2 SE")
+            ax.axhline(values[name], color="k", ls="--", lw=1, label="overall")
+            if log_t:
+                ax.set_xscale("log")
+            if np.all(mean > 0):
+                ax.set_yscale("log", nonpositive="clip")
+            else:  # unbiased Hutchinson estimates near 0 can be negative
+                ax.set_yscale("symlog", linthresh=max(float(np.max(np.abs(se))), 1e-30))
+            for e in edges:
+                ax.axvline(e, color="0.85", lw=0.5, zorder=0)
+            ax.set_xlabel("t")
+            ax.set_title(titles[name])
+            ax.legend(fontsize=8)
+        return fig
 
 
 def ode_sde_gap(
