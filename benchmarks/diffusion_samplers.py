@@ -11,8 +11,10 @@ Trained samplers (`pis`, `dds`, `dis`) are trained with `sdekit.train` and then 
 Training-free ones (`follmer`, `mc-score` = `reverse-sde` with the `mc-score` score on
 `vp`) and the baselines (`nuts`, `smc`) spend their whole cost at sampling time; their
 settings are derived from `--budget`, a number of target evaluations, which defaults to
-what `pis` spends in training with the default settings (2000 iterations x 256
-trajectories x 129 evaluations, about 6.6e7). Every row records `target_evaluations`
+what a trained row spends with the default settings ((2000 iterations x 256 trajectories
++ 10,000 samples) x 129 evaluations, 6.73e7): `follmer`/`mc-score` through their draws per
+drift evaluation, `smc` through its number of temperatures, `nuts` through `thinning`,
+chosen from a pilot run (counted). Every row records `budget` and `target_evaluations`
 (evaluations of log γ, each with its gradient where the method uses one) for training
 and sampling together.
 
@@ -46,12 +48,12 @@ TARGETS = {
 PROCESS = {"pis": "pbm", "dds": "vp", "dis": "vp", "follmer": "pbm", "mc-score": "vp"}
 TRAINED = ("pis", "dds", "dis")
 TRAINING_FREE = ("follmer", "mc-score", "nuts", "smc")
-#: Default budget: the target evaluations of `pis` training (2000 x 256 x (128 + 1)).
-BUDGET = 2000 * 256 * 129
 #: Fixed settings of the training-free samplers; the budget sets the rest (see `spec`).
 FREE_STEPS = 64  # follmer and mc-score time steps
 SMC = {"mcmc_steps": 2, "leapfrog": 5}
-NUTS = {"num_warmup": 500, "chains": 20}
+#: NUTS: `thinning` is chosen from a pilot run of `NUTS_PILOT` kept iterations per chain.
+NUTS = {"num_warmup": 500, "chains": 200}
+NUTS_PILOT = 10
 
 
 def controlled_evaluations(r: dict) -> int:
@@ -60,10 +62,21 @@ def controlled_evaluations(r: dict) -> int:
     return (r["train_iters"] * r["batch"] + r["n"]) * (r["steps"] + 1)
 
 
+#: Default budget: what a trained row spends with the default settings (2000 training
+#: iterations x 256 paths + 10,000 samples, 129 evaluations each: 6.73e7).
+BUDGET = controlled_evaluations({"train_iters": 2000, "batch": 256, "n": 10_000, "steps": 128})
+
+
+def free_draws(n: int, budget: int) -> int:
+    """Draws per drift evaluation for `follmer`/`mc-score`: `n (K draws + 1)` <= budget."""
+    return max(1, (budget // n - 1) // FREE_STEPS)
+
+
 def spec(sampler_name: str, n: int, budget: int) -> dict:
-    """The sampler spec of a training-free sampler spending about `budget` evaluations."""
+    """The sampler spec of a training-free sampler spending about `budget` evaluations
+    (for `nuts`, before its pilot run sets `thinning`; see `nuts_thinning`)."""
     if sampler_name == "follmer":
-        draws = max(1, budget // (n * FREE_STEPS))
+        draws = free_draws(n, budget)
         return {"name": "follmer", "steps": FREE_STEPS, "draws": draws, "chunk": min(draws, 128)}
     if sampler_name == "mc-score":
         return {"name": "reverse-sde", "steps": FREE_STEPS}
@@ -73,6 +86,24 @@ def spec(sampler_name: str, n: int, budget: int) -> dict:
     return {"name": "nuts", **NUTS}
 
 
+def nuts_thinning(target, key, n: int, budget: int) -> tuple[int, dict]:
+    """`thinning` for `nuts` to spend about `budget` evaluations on `n` samples, from a pilot.
+
+    The pilot is the same NUTS (warm-up included) keeping `NUTS_PILOT` iterations per
+    chain: it measures the warm-up cost and the evaluations per sampling iteration, which
+    depend on the adapted step size. Its own evaluations count towards the row's total.
+    """
+    chains = NUTS["chains"]
+    pilot = sdekit.create("sampler", "nuts", target=target, **NUTS)
+    _, stats = jax.block_until_ready(pilot.sample_with_stats(key, chains * NUTS_PILOT))
+    pilot_evals, warmup = int(stats["target_evaluations"]), int(stats["warmup_evaluations"])
+    per_iteration = (pilot_evals - warmup) / (chains * NUTS_PILOT)
+    iterations = chains * -(-n // chains)  # kept states in all chains, before thinning
+    thinning = max(1, int((budget - pilot_evals - warmup) / (per_iteration * iterations)))
+    return thinning, {"pilot_evaluations": pilot_evals, "pilot_warmup_evaluations": warmup,
+                      "pilot_evaluations_per_iteration": per_iteration}
+
+
 def run_training_free(sampler_name: str, target_name: str, seed: int, n: int, budget: int) -> dict:
     settings = TARGETS[target_name]
     sampler_spec = spec(sampler_name, n, budget)
@@ -80,14 +111,18 @@ def run_training_free(sampler_name: str, target_name: str, seed: int, n: int, bu
     if sampler_name in PROCESS:
         parts["process"] = {"name": PROCESS[sampler_name], **settings[PROCESS[sampler_name]]}
     if sampler_name == "mc-score":
-        draws = max(1, budget // (n * FREE_STEPS))
+        draws = free_draws(n, budget)
         parts["score"] = {"name": "mc-score", "draws": draws, "chunk": min(draws, 128), "seed": seed}
     if sampler_name == "smc":
         sampler_spec["sigma"] = settings["vp"]["sigma"]
+    key = jax.random.key(seed)
+    t0 = time.perf_counter()  # for nuts, the pilot run included
+    pilot = {}
+    if sampler_name == "nuts":
+        target = sdekit.create("target", target_name)
+        sampler_spec["thinning"], pilot = nuts_thinning(target, jax.random.fold_in(key, 5), n, budget)
     sampler = sdekit.compose(target_name, sampler_spec, **parts)
     target = sampler.target
-    key = jax.random.key(seed)
-    t0 = time.perf_counter()
     if sampler_name == "mc-score":
         samples = jax.block_until_ready(sampler.sample(jax.random.fold_in(key, 1), n))
         stats = {"target_evaluations": n * (FREE_STEPS * sampler.score.draws + 1)}
@@ -99,7 +134,8 @@ def run_training_free(sampler_name: str, target_name: str, seed: int, n: int, bu
         "steps": sampler_spec.get("steps", 0), "options": {**sampler_spec, **parts},
         "sample_seconds": sample_seconds, "train_seconds": 0.0, "n": n,
         "true_log_Z": target.log_Z, "budget": budget,
-        "target_evaluations": int(stats["target_evaluations"]),
+        "target_evaluations": int(stats["target_evaluations"]) + pilot.get("pilot_evaluations", 0),
+        **pilot,
     }
     result.update({k: float(v) for k, v in stats.items() if k != "target_evaluations"})
     log_w = samples.log_weights
@@ -191,7 +227,7 @@ def run(sampler_name: str, target_name: str, seed: int, steps: int, train_iters:
 
 def table(results: list[dict]) -> str:
     cols = ("log_Z_error", "elbo", "eubo", "ess", "sinkhorn", "mode_coverage", "train_seconds",
-            "sample_seconds", "target_evaluations")
+            "sample_seconds", "budget", "target_evaluations")
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         if "target_evaluations" not in r and r["sampler"] in TRAINED:
@@ -204,7 +240,7 @@ def table(results: list[dict]) -> str:
             v = np.array([r.get(c, np.nan) for r in rows], dtype=float)
             if np.all(np.isnan(v)):
                 cells.append("-")
-            elif c == "target_evaluations":
+            elif c in ("budget", "target_evaluations"):
                 cells.append(f"{np.nanmedian(v):.3g}")
             else:
                 cells.append(f"{np.nanmedian(v):.3f} [{np.nanmin(v):.3f},{np.nanmax(v):.3f}]")

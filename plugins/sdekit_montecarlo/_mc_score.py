@@ -5,7 +5,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar, ScalarLike
 
 from sdekit import AbstractProcess, AbstractScore, AbstractTarget
 
-from ._checks import check_draws, check_gradient, check_seed
+from ._checks import check_draws, check_gradient, check_positive, check_seed
 from ._snis import draws_key, snis
 
 
@@ -15,24 +15,38 @@ class MonteCarloScore(AbstractScore):
     For a process with $Y_t \mid Y_0 \sim \mathcal N(a_t Y_0, \sigma_t^2 I)$
     (`process.marginal(t)`; `vp` with any schedule, and every built-in process),
     $p(x_0 \mid x_t = x) \propto \gamma(x_0)\,\mathcal N(x; a_t x_0, \sigma_t^2 I)$.
-    **Proposal:** $x_0^{(j)} = x / a_t + (\sigma_t / a_t) Z_j \sim \mathcal N(x/a_t, \sigma_t^2/a_t^2 I)$,
-    which is the Gaussian factor itself as a density in $x_0$, so the self-normalised
-    weights are $\bar w_j = \operatorname{softmax}_j \log\gamma(x_0^{(j)})$ (log space). The
-    score is $\sum_j \bar w_j v_j$ with
+
+    **Proposal** (`proposal_std` $= s$): the posterior of $x_0$ given $x_t = x$ when the
+    target is replaced by the Gaussian stand-in $\mathcal N(0, s^2 I)$,
+    $q = \mathcal N\big(\tfrac{a_t s^2}{a_t^2 s^2 + \sigma_t^2} x,\ \tfrac{s^2\sigma_t^2}{a_t^2 s^2 + \sigma_t^2} I\big)$,
+    with log-weights $\log\gamma(x_0) - \log\mathcal N(x_0; 0, s^2 I)$ (softmax over the draws,
+    in log space). The default `"prior"` takes $s$ = the std of the process's prior
+    (`reference_std(t_max)`: $\sigma$ for `vp`), the Gaussian the process already pairs
+    with the target. `None` ($s = \infty$) is the plain reverse-diffusion Monte-Carlo
+    proposal $\mathcal N(x/a_t, \sigma_t^2/a_t^2 I)$, the Gaussian factor alone: near `t_max`
+    it is $\sigma_t/a_t \approx 150$ wide (default `vp`), almost no draw lands on the target's
+    mass, the weights collapse on one draw and the score is that draw's $Z/\sigma_t$,
+    $O(1)$ instead of $\approx -x$; `reverse-sde` then lets $x$ grow like $1/a_t$ (funnel:
+    $|x|$ up to 800, and NaN where every draw overflows to $\gamma = 0$ in float32). With
+    $s$ finite the proposal tends to $\mathcal N(0, s^2 I)$ there, and to the Gaussian factor
+    as $t \to 0$. Choose $s$ at least the target's spread (the weights' tails grow like
+    $e^{|x_0|^2/2s^2}$ otherwise).
+
+    **Values:** the score is $\sum_j \bar w_j v_j$ with
     $v_j = \nabla\log\gamma(x_0^{(j)}) / a_t$ (`gradient="autodiff"`: the target-score
     identity $\nabla\log p_t = \mathbb E[\nabla\log\gamma(x_0) \mid x_t] / a_t$; accurate at small
-    $t$) or $v_j = (a_t x_0^{(j)} - x)/\sigma_t^2 = Z_j / \sigma_t$ (`gradient="stein"`:
-    Tweedie, values only; variance growing like $1/\sigma_t^2$, undefined at $\sigma_t = 0$).
+    $t$) or $v_j = (a_t x_0^{(j)} - x)/\sigma_t^2$ (`gradient="stein"`: Tweedie, values only;
+    $= -x/(a_t^2 s^2 + \sigma_t^2) + c_t Z_j$, the stand-in's exact score plus draws of
+    variance growing like $1/\sigma_t^2$, undefined at $\sigma_t = 0$).
     `gradient="auto"` takes the first where $a_t \ge \sigma_t$ and the second where
     $a_t < \sigma_t$: for a standard-normal target the ratio of their variances is
     $\sigma_t^2 / a_t^2$ (it evaluates gradients everywhere). `"stein"` is the default: its
-    values are weighted means of the draws, bounded by $\max_j |Z_j| / \sigma_t$, whereas
-    the gradient estimators are heavy-tailed for targets whose gradient grows faster than
-    linearly (many-well, funnel): there `reverse-sde` driven by `"auto"` or `"autodiff"`
-    sent about half of the trajectories to infinity in our runs (`draws=256`, 64 steps),
-    `"stein"` none. On Gaussian mixtures `"auto"` is the more accurate.
-    Near `t_max` the proposal is wide ($\sigma_t/a_t$ large for `vp`), so few draws land on the
-    target's mass: the estimate needs many `draws` there.
+    values are weighted means of the draws, bounded by $|x|/\sigma_t^2 + \max_j |Z_j| / \sigma_t$,
+    whereas the gradient estimators are heavy-tailed for targets whose gradient grows
+    faster than linearly (many-well, funnel): there `reverse-sde` driven by `"auto"` or
+    `"autodiff"` sent about half of the trajectories to infinity in our runs (`draws=256`,
+    64 steps, `proposal_std=None`), `"stein"` none. On Gaussian mixtures `"auto"` is the
+    more accurate.
 
     Where every draw has $\gamma = 0$ ($\log\gamma = -\infty$) the self-normalised estimate
     is undefined and returned as NaN (no fallback).
@@ -55,25 +69,44 @@ class MonteCarloScore(AbstractScore):
     chunk: int = eqx.field(static=True)
     gradient: str = eqx.field(static=True)
     common_draws: bool = eqx.field(static=True)
+    proposal_std: float | None = eqx.field(static=True, default=None)
 
     @property
     def target_evaluations_per_call(self) -> int:
         """Evaluations of $\\log\\gamma$ (with its gradient for `autodiff`) per point and call."""
         return self.draws
 
+    def proposal(self, t: ScalarLike, x: Float[Array, " d"]) -> tuple[Array, Array, Array, Array]:
+        r"""`(mean, std, value_offset, value_scale)` at `(t, x)`: the draws are
+        $x_0 = \text{mean} + \text{std}\,Z$ and their Stein values
+        $(a_t x_0 - x)/\sigma_t^2 = \text{value\_offset} + \text{value\_scale}\,Z$."""
+        a, std = self.process.marginal(t)
+        if self.proposal_std is None:
+            return x / a, std / a, jnp.zeros_like(x), 1.0 / std
+        s = self.proposal_std
+        # Posterior of x_0 under N(0, s^2 I) given x_t = x: precision a^2/std^2 + 1/s^2.
+        denom = (a * s) ** 2 + std**2
+        mean = a * s**2 * x / denom
+        return mean, s * std / jnp.sqrt(denom), -x / denom, a * s / (std * jnp.sqrt(denom))
+
     def estimate(self, t: ScalarLike, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], Scalar]:
         """The Monte-Carlo score and its delta-method standard error (norm over coordinates)."""
         a, std = self.process.marginal(t)
+        mean, scale, offset, value_scale = self.proposal(t, x)
+        # log-weight: log γ(x_0) - log N(x_0; 0, s^2 I), up to a constant (s = ∞: log γ)
+        tilt = 0.0 if self.proposal_std is None else 0.5 / self.proposal_std**2
         if self.gradient in ("autodiff", "auto"):
             log_prob_and_grad = jax.value_and_grad(self.target.log_prob)
             stein = (a < std) if self.gradient == "auto" else False
 
             def fn(z):
-                value, grad = log_prob_and_grad(x / a + (std / a) * z)
-                return value, jnp.where(stein, z / std, grad / a)
+                x0 = mean + scale * z
+                value, grad = log_prob_and_grad(x0)
+                return value + tilt * jnp.sum(x0**2), jnp.where(stein, offset + value_scale * z, grad / a)
         else:
             def fn(z):
-                return self.target.log_prob(x / a + (std / a) * z), z / std
+                x0 = mean + scale * z
+                return self.target.log_prob(x0) + tilt * jnp.sum(x0**2), offset + value_scale * z
 
         key = draws_key(self.key, self.common_draws, t, x)
         sums = snis(fn, key, x.shape[-1], self.draws, self.chunk, jnp.result_type(x))
@@ -91,22 +124,30 @@ def mc_score(
     gradient: str = "stein",
     common_draws: bool = False,
     seed: int = 0,
+    proposal_std: float | str | None = "prior",
 ) -> MonteCarloScore:
     """Monte-Carlo score of the noised target (reverse-diffusion Monte Carlo), for `reverse-sde`/`pf-ode`.
 
-    Self-normalised importance sampling of $p(x_0 \\mid x_t)$ with proposal
-    $\\mathcal N(x/a_t, \\sigma_t^2/a_t^2 I)$ and weights $\\gamma(x_0)$. `draws`: draws per
+    Self-normalised importance sampling of $p(x_0 \\mid x_t)$ with a Gaussian proposal
+    (see `MonteCarloScore`). `draws`: draws per
     evaluation; `chunk`: draws held at once per point (`None`: all); `gradient`:
     `"stein"` (Tweedie, values only), `"autodiff"` (target-score identity) or `"auto"`
     (autodiff where $a_t \\ge \\sigma_t$, else Stein); `common_draws`: the same
-    draws for every `(t, x)`; `seed`: the key of the draws.
+    draws for every `(t, x)`; `seed`: the key of the draws; `proposal_std`: std $s$ of
+    the Gaussian stand-in whose posterior is the proposal (`"prior"`, default: the
+    process's prior std; `None`: $s = \\infty$, the plain proposal $\\mathcal N(x/a_t, \\sigma_t^2/a_t^2 I)$).
     """
     if not isinstance(process, AbstractProcess):
         raise ValueError(f"process must be a composed process (such as 'vp'), got {process!r}")
     draws, chunk = check_draws(draws, chunk)
     if not isinstance(common_draws, bool):
         raise ValueError(f"common_draws must be True or False, got {common_draws!r}")
+    if proposal_std == "prior":
+        proposal_std = float(process.reference_std(process.t_max))
+    if proposal_std is not None:
+        check_positive(proposal_std=proposal_std)
     return MonteCarloScore(
         target, process, jax.random.key(check_seed(seed)), draws, chunk,
         check_gradient(gradient, ("auto",)), common_draws,
+        None if proposal_std is None else float(proposal_std),
     )
