@@ -52,7 +52,8 @@ def train_score(data, process, kind, steps, fp_weight, seed, sets, out, resume_d
     Options (`sdekit train-score ... --set SECTION.OPTION=VALUE`):
       data      n (points drawn from a built-in set), holdout (held-out fraction)
       process   the process's options (`sdekit show process NAME`)
-      model     kind, width, depth, activation, time_features, max_frequency, scale
+      model     kind, width, depth, activation, time_features, max_frequency, scale,
+                input_scale
       training  steps, batch, learning_rate, time_distribution, weighting, fp_weight,
                 fp_points, fp_box, fp_batch, divergence, grad_clip, warmup, chunk, ...
       sampling  n, steps, spacing (reverse SDE), ode_solver, ode_steps, rtol, atol

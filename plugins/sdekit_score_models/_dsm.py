@@ -23,6 +23,11 @@ class ScoreMatching(AbstractTrainable):
     r"""Denoising score matching for a process with Gaussian transitions, plus a weighted
     Fokker–Planck residual.
 
+    The transition std $\sigma_t$ must be positive on the process's window: for `pbm`
+    ($\sigma_t^2 = \sigma^2 t (T - t) / T$, pinned at both ends) that means $t_{\min} > 0$
+    (its default is 0); its default $t_{\max} = T(1 - 10^{-6})$ is fine. Under `pbm` build the
+    network with `input_scale="marginal"` (see `score_network`).
+
     With $x_t = a_t x_0 + \sigma_t z$, $x_0$ from the data and $z \sim \mathcal N(0, I)$,
     the loss is
     $\mathbb E_t\,\lambda(t)\,\mathbb E\|s_\theta(t, x_t) + z/\sigma_t\|^2
@@ -162,6 +167,14 @@ def score_matching(
     if data.ndim != 2 or data.shape[0] < 2:
         raise ValueError(f"data must be an (N, d) array with N >= 2, got shape {data.shape}")
     sdekit.check_dims(net, data.shape[1], "score network")
+    process = net.process
+    for t in (process.t_min, process.t_max):
+        if not float(process.marginal(t)[1]) > 0:
+            raise ValueError(
+                f"denoising score matching needs a transition std sigma_t > 0 on [t_min, t_max] "
+                f"(its target is -z / sigma_t), but {type(process).__name__} has sigma_t = 0 at t={t}; "
+                "give the process a t_min/t_max where it is positive (pbm: t_min > 0, t_max < T)"
+            )
     for name, value, allowed in (("time_distribution", time_distribution, TIME_DISTRIBUTIONS),
                                  ("weighting", weighting, WEIGHTINGS),
                                  ("fp_points", fp_points, FP_POINTS),

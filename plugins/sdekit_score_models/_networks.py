@@ -7,7 +7,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar, ScalarLike
 
 from sdekit import AbstractProcess, AbstractScore
 
-__all__ = ["ACTIVATIONS", "KINDS", "PotentialNet", "ScoreNet", "TimeEmbedding", "score_network"]
+__all__ = ["ACTIVATIONS", "INPUT_SCALES", "KINDS", "PotentialNet", "ScoreNet", "TimeEmbedding", "score_network"]
 
 #: Activations by name (smooth ones only: the Fokker–Planck residual differentiates the
 #: network two or three times).
@@ -20,6 +20,7 @@ ACTIVATIONS = {
 #: Network kinds: a direct score net, or a potential net whose gradient is the score.
 KINDS = ("score", "potential")
 SCALES = ("auto", "sigma", "none")
+INPUT_SCALES = ("none", "marginal")
 
 
 class TimeEmbedding(eqx.Module):
@@ -49,15 +50,19 @@ class TimeEmbedding(eqx.Module):
 
 
 class _Net(AbstractScore):
-    """What both networks share: an MLP on `(x, emb(t))`, divided by $\\sigma_t$ if scaled."""
+    """What both networks share: an MLP on `(x / c_t, emb(t))`, divided by $\\sigma_t$ if
+    scaled; $c_t = \\sqrt{a_t^2 + \\sigma_t^2}$ with `input_scale="marginal"`, else 1."""
 
     time: TimeEmbedding
     mlp: eqx.nn.MLP
     process: AbstractProcess
     scaled: bool = eqx.field(static=True)
+    input_scale: str = eqx.field(static=True, default="none")
 
     def _raw(self, t: ScalarLike, x: Float[Array, " d"]) -> Array:
-        sigma = self.process.marginal(t)[1]
+        a, sigma = self.process.marginal(t)
+        if self.input_scale == "marginal":
+            x = x / jnp.sqrt(a**2 + sigma**2)
         out = self.mlp(jnp.concatenate([x, self.time(t, sigma)]))
         return out / sigma if self.scaled else out
 
@@ -92,6 +97,7 @@ def score_network(
     time_features: int = 8,
     max_frequency: float = 8.0,
     scale: str = "auto",
+    input_scale: str = "none",
     *,
     key: PRNGKeyArray,
 ) -> ScoreNet | PotentialNet:
@@ -109,6 +115,11 @@ def score_network(
     - `scale`: `"sigma"` divides the output by the transition std $\sigma_t$ (the score of
       the noised data is $O(1/\sigma_t)$ near $t = 0$), `"none"` does not; `"auto"` is
       `"sigma"` for a score net and `"none"` for a potential net.
+    - `input_scale`: `"marginal"` feeds the MLP $x / \sqrt{a_t^2 + \sigma_t^2}$ (the std of
+      $x_t = a_t x_0 + \sigma_t z$ for unit-variance data: an input of size $O(1)$ at every
+      $t$), `"none"` (the default) feeds $x$. It is the identity for `vp` with `sigma=1`; under
+      `pbm` $x_t$ shrinks like $\sqrt{T - t}$ towards the pinned end, and a net on the raw
+      $x$ cannot resolve the score there, so use `"marginal"` for `pbm`.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -116,6 +127,8 @@ def score_network(
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if input_scale not in INPUT_SCALES:
+        raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
     for name, value, least in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 0),
                                ("time_features", time_features, 0)):
         if isinstance(value, bool) or not (isinstance(value, int) and value >= least):
@@ -125,12 +138,13 @@ def score_network(
     for t in (process.t_min, process.t_max):
         if not float(process.marginal(t)[1]) > 0:
             raise ValueError(
-                f"the time embedding uses log sigma_t, but the process's transition std is 0 "
-                f"at t={t}; give the process a t_min/t_max where it is positive"
+                f"the time embedding uses log sigma_t, but the process's transition std sigma_t is 0 "
+                f"at t={t} (pbm is pinned: sigma_t = 0 at t = 0 and T); give the process a "
+                f"t_min/t_max where it is positive, e.g. t_min=1e-3"
             )
     time = TimeEmbedding(float(process.T), time_features, float(max_frequency))
     out = "scalar" if kind == "potential" else dim
     mlp = eqx.nn.MLP(dim + time.size, out, width, depth, activation=ACTIVATIONS[activation], key=key)
     scaled = scale == "sigma" or (scale == "auto" and kind == "score")
     cls = PotentialNet if kind == "potential" else ScoreNet
-    return cls(time, mlp, process, scaled)
+    return cls(time, mlp, process, scaled, input_scale)
