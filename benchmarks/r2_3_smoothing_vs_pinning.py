@@ -1,0 +1,284 @@
+"""R2.3 (seed 002): smoothing (VP) versus pinning (PBM) at equal budget, as the dimension grows.
+
+    python benchmarks/r2_3_smoothing_vs_pinning.py                 # the full grid (see below)
+    python benchmarks/r2_3_smoothing_vs_pinning.py --dims 2 5 10 20 50 --seeds 0 --steps 2000
+    python benchmarks/r2_3_smoothing_vs_pinning.py --half samplers --dims 2 10 --train-iters 300
+    python benchmarks/r2_3_smoothing_vs_pinning.py --table         # the stored results
+
+Two halves, each on funnel-d and a 10-component isotropic Gaussian mixture in d dimensions
+(means uniform in [-5, 5]^d, variances uniform in [0.2, 1], one fixed draw), for d in `--dims`:
+
+- `dsm`: the score learned by denoising score matching from `--n-data` exact samples under
+  VP (`vp`, sigma 1, linear beta 0.1..20) and under PBM (`pbm`, sigma `--pbm-sigma`),
+  t in [1e-3, T(1 - 1e-6)], the same network (score net `--width` x `--depth`, softplus,
+  `input_scale="marginal"`, which is the identity for VP) and the same budget (`--steps`
+  Adam steps, batch `--batch`, peak lr `--lr`, cosine decay); sampled by the reverse SDE
+  (`--sde-steps` Euler steps, each process's default time grid).
+- `samplers`: the same two processes as samplers of the unnormalised density, DDS (VP) and
+  PIS (PBM), with the same controller (`pis-grad`, width `--width`, depth `--depth`) and
+  budget (`--train-iters` iterations of `--sampler-batch` trajectories, `--sampler-steps`
+  time steps).
+
+Each row: unbiased MMD² (median-heuristic bandwidth) and sliced W2 of `-n` samples against
+as many exact ones, and the noise floor: the same between two independent exact sets (MMD²:
+RMS over 2 pairs). A process *wins* a (target, d, metric) cell when its mean over seeds is
+lower by more than the floor; otherwise the cell is a tie.
+
+The full grid of REPRODUCTIONS.md (3 seeds, both halves, d up to 50, networks 2x128, several
+thousand steps) is the default; it is far beyond a shared 2-core CPU, so the stored results
+state the reduced budget they were run at (`config` of each row). Results are merged into
+`benchmarks/results/r2_3_smoothing_vs_pinning.json` keyed by (half, target, d, process,
+seed); the PNG is redrawn from all stored rows.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import sdekit
+from sdekit_diagnostics import mmd, sliced_w2
+
+RESULTS = Path(__file__).parent / "results"
+NAME = "r2_3_smoothing_vs_pinning"
+TARGETS = ("funnel", "gmm10")
+HALVES = ("dsm", "samplers")
+#: process -> (sampler of the `samplers` half, process options besides sigma)
+PROCESSES = {"vp": "dds", "pbm": "pis"}
+
+
+def make_target(name: str, dim: int):
+    """funnel-d, or the 10-component isotropic mixture in d dimensions (fixed means and variances)."""
+    if name == "funnel":
+        return sdekit.create("target", "funnel", dim=dim)
+    if name != "gmm10":
+        raise ValueError(f"target must be one of {TARGETS}, got {name!r}")
+    k1, k2 = jax.random.split(jax.random.PRNGKey(10))
+    means = jax.random.uniform(k1, (10, dim), minval=-5.0, maxval=5.0)
+    variances = jax.random.uniform(k2, (10,), minval=0.2, maxval=1.0)
+    return sdekit.create("target", "gmm", means=np.asarray(means), covs=np.asarray(variances))
+
+
+def make_process(name: str, pbm_sigma: float):
+    if name == "vp":
+        return sdekit.create("process", "vp", sigma=1.0, t_min=1e-3)
+    return sdekit.create("process", "pbm", sigma=pbm_sigma, t_min=1e-3)
+
+
+def quality(x: jax.Array, target, key) -> dict:
+    """MMD² and sliced W2 of `x` against exact samples, the floor, and the non-finite count."""
+    n = x.shape[0]
+    finite = jnp.all(jnp.isfinite(x), axis=1)
+    x = x[finite]
+    ref = target.sample(jax.random.fold_in(key, 0), x.shape[0])
+    k_proj = jax.random.fold_in(key, 3)
+    out = {"mmd": float(mmd(x, ref)), "sliced_w2": float(sliced_w2(x, ref, k_proj)),
+           "n_nonfinite": int(n - x.shape[0])}
+    floors = [float(mmd(target.sample(jax.random.fold_in(key, 10 + 2 * i), n),
+                        target.sample(jax.random.fold_in(key, 11 + 2 * i), n))) for i in range(2)]
+    out["mmd_floor"] = float(np.sqrt(np.mean(np.square(floors))))
+    out["sliced_w2_floor"] = float(sliced_w2(target.sample(jax.random.fold_in(key, 10), n),
+                                             target.sample(jax.random.fold_in(key, 11), n), k_proj))
+    return out
+
+
+def run_dsm(target_name: str, dim: int, process_name: str, seed: int, args) -> dict:
+    import sdekit_score_models as sm
+
+    target = make_target(target_name, dim)
+    process = make_process(process_name, args.pbm_sigma)
+    key = jax.random.key(seed)
+    net = sm.score_network(dim, process, kind="score", width=args.width, depth=args.depth,
+                           input_scale="marginal", key=jax.random.PRNGKey(1000 + seed))
+    model = sm.score_matching(target, net, n_data=args.n_data, data_key=jax.random.PRNGKey(2000 + seed),
+                              batch=args.batch, steps=args.steps, learning_rate=args.lr,
+                              chunk=min(args.steps, 500))
+    t0 = time.perf_counter()
+    trained, history = sdekit.train(model, jax.random.fold_in(key, 0), progress=False)
+    train_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    x = sm.sample_sde(trained.net, process, jax.random.fold_in(key, 1), args.n, dim, steps=args.sde_steps,
+                      spacing=process.default_spacing)
+    x = jax.block_until_ready(x)
+    return {
+        "half": "dsm", "target": target_name, "dim": dim, "process": process_name, "seed": seed,
+        "train_seconds": train_seconds, "sample_seconds": time.perf_counter() - t0,
+        "dsm_final": float(np.mean(np.asarray(history["dsm"])[-50:])),
+        **quality(x, target, jax.random.fold_in(key, 2)),
+        "config": {"n_data": args.n_data, "width": args.width, "depth": args.depth, "steps": args.steps,
+                   "batch": args.batch, "lr": args.lr, "sde_steps": args.sde_steps, "n": args.n,
+                   "pbm_sigma": args.pbm_sigma},
+    }
+
+
+def run_sampler(target_name: str, dim: int, process_name: str, seed: int, args) -> dict:
+    target = make_target(target_name, dim)
+    sigma = 1.0 if process_name == "vp" else args.pbm_sigma
+    sampler = sdekit.compose(
+        target,
+        {"name": PROCESSES[process_name], "steps": args.sampler_steps, "train_iters": args.train_iters,
+         "batch": args.sampler_batch},
+        process={"name": process_name, "sigma": sigma},
+        controller={"name": "pis-grad", "width": args.width, "depth": args.depth, "seed": seed},
+    )
+    key = jax.random.key(seed)
+    t0 = time.perf_counter()
+    trained, _ = sdekit.train(sampler, jax.random.fold_in(key, 0), progress=False)
+    train_seconds = time.perf_counter() - t0
+    samples = jax.block_until_ready(trained.sample(jax.random.fold_in(key, 1), args.n))
+    log_z = float(sdekit.log_Z_estimate(samples.log_weights))
+    return {
+        "half": "samplers", "target": target_name, "dim": dim, "process": process_name,
+        "sampler": PROCESSES[process_name], "seed": seed, "train_seconds": train_seconds,
+        "log_Z_error": log_z - float(target.log_Z),
+        **quality(samples.x, target, jax.random.fold_in(key, 2)),
+        "config": {"train_iters": args.train_iters, "batch": args.sampler_batch, "steps": args.sampler_steps,
+                   "width": args.width, "depth": args.depth, "n": args.n, "pbm_sigma": args.pbm_sigma},
+    }
+
+
+def _key(r: dict) -> str:
+    return f"{r['half']}/{r['target']}/{r['dim']}/{r['process']}/{r['seed']}"
+
+
+def load() -> list[dict]:
+    path = RESULTS / f"{NAME}.json"
+    return json.loads(path.read_text())["rows"] if path.exists() else []
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per (half, target, d): VP and PBM means over seeds, floors, and the winner per metric."""
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in rows:
+        groups.setdefault((r["half"], r["target"], r["dim"]), {}).setdefault(r["process"], []).append(r)
+    out = []
+    for (half, target, dim), by in sorted(groups.items()):
+        cell = {"half": half, "target": target, "dim": dim}
+        for metric in ("mmd", "sliced_w2"):
+            floor = float(np.mean([r[f"{metric}_floor"] for rs in by.values() for r in rs]))
+            cell[f"{metric}_floor"] = floor
+            means = {}
+            for p, rs in by.items():
+                means[p] = float(np.mean([r[metric] for r in rs]))
+                cell[f"{metric}_{p}"] = means[p]
+                cell[f"seeds_{p}"] = len(rs)
+            if {"vp", "pbm"} <= set(means):
+                diff = means["vp"] - means["pbm"]
+                cell[f"{metric}_winner"] = "tie" if abs(diff) <= floor else ("pbm" if diff > 0 else "vp")
+        out.append(cell)
+    return out
+
+
+def table(cells: list[dict]) -> str:
+    head = (f"{'half':<9}{'target':<8}{'d':>4} {'seeds':>5} | {'MMD² vp':>10} {'MMD² pbm':>10} "
+            f"{'floor':>9} {'win':>4} | {'SW2 vp':>8} {'SW2 pbm':>8} {'floor':>7} {'win':>4}")
+    lines = [head, "-" * len(head)]
+    for c in cells:
+        seeds = f"{c.get('seeds_vp', 0)}/{c.get('seeds_pbm', 0)}"
+        lines.append(
+            f"{c['half']:<9}{c['target']:<8}{c['dim']:>4} {seeds:>5} | {c.get('mmd_vp', np.nan):>10.4f} "
+            f"{c.get('mmd_pbm', np.nan):>10.4f} {c['mmd_floor']:>9.4f} {c.get('mmd_winner', '-'):>4} | "
+            f"{c.get('sliced_w2_vp', np.nan):>8.3f} {c.get('sliced_w2_pbm', np.nan):>8.3f} "
+            f"{c['sliced_w2_floor']:>7.3f} {c.get('sliced_w2_winner', '-'):>4}"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(TARGETS), figsize=(5.5 * len(TARGETS), 7.5), squeeze=False)
+    styles = {("dsm", "vp"): ("C0", "-", "VP (DSM)"), ("dsm", "pbm"): ("C3", "-", "PBM (DSM)"),
+              ("samplers", "vp"): ("C0", ":", "DDS (VP)"), ("samplers", "pbm"): ("C3", ":", "PIS (PBM)")}
+    for j, target in enumerate(TARGETS):
+        for i, metric in enumerate(("mmd", "sliced_w2")):
+            ax = axes[i, j]
+            floors: dict[int, list[float]] = {}
+            for (half, proc), (color, ls, label) in styles.items():
+                rs = [r for r in rows if r["target"] == target and r["half"] == half and r["process"] == proc]
+                if not rs:
+                    continue
+                dims = sorted({r["dim"] for r in rs})
+                vals = [[r[metric] for r in rs if r["dim"] == d] for d in dims]
+                mean = np.array([np.mean(v) for v in vals])
+                lo, hi = np.array([np.min(v) for v in vals]), np.array([np.max(v) for v in vals])
+                ax.errorbar(dims, mean, yerr=[mean - lo, hi - mean], color=color, ls=ls, marker="o",
+                            ms=4, capsize=2, label=label)
+                for r in rs:
+                    floors.setdefault(r["dim"], []).append(r[f"{metric}_floor"])
+            if floors:
+                dims = sorted(floors)
+                ax.plot(dims, [np.mean(floors[d]) for d in dims], "k--", lw=1, label="noise floor")
+            ax.set_xscale("log")
+            ax.set_yscale("symlog" if metric == "mmd" else "log", **({"linthresh": 1e-3} if metric == "mmd" else {}))
+            ax.set_xlabel("d")
+            ax.set_title(f"{target}: {'MMD²' if metric == 'mmd' else 'sliced W2'}")
+            ax.legend(fontsize=8)
+    fig.suptitle("R2.3: smoothing (VP) vs pinning (PBM), equal network and budget (min..max over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    global RESULTS
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--half", choices=(*HALVES, "both"), default="both")
+    p.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    p.add_argument("--dims", type=int, nargs="+", default=[2, 5, 10, 20, 50])
+    p.add_argument("--processes", nargs="+", choices=tuple(PROCESSES), default=list(PROCESSES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("-n", type=int, default=2000, help="samples per evaluation")
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--pbm-sigma", type=float, default=1.0)
+    p.add_argument("--n-data", type=int, default=20_000, help="DSM: exact samples learned from")
+    p.add_argument("--steps", type=int, default=10_000, help="DSM: Adam steps")
+    p.add_argument("--batch", type=int, default=512, help="DSM: batch")
+    p.add_argument("--lr", type=float, default=3e-3, help="DSM: peak learning rate")
+    p.add_argument("--sde-steps", type=int, default=500, help="DSM: reverse-SDE Euler steps")
+    p.add_argument("--train-iters", type=int, default=2000, help="samplers: training iterations")
+    p.add_argument("--sampler-batch", type=int, default=256, help="samplers: trajectories per iteration")
+    p.add_argument("--sampler-steps", type=int, default=128, help="samplers: time steps")
+    p.add_argument("--table", action="store_true", help="print the stored results and redraw the plot")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    args = p.parse_args()
+    RESULTS = args.out
+    RESULTS.mkdir(exist_ok=True, parents=True)
+    stored = {_key(r): r for r in load()}
+    if not args.table:
+        halves = HALVES if args.half == "both" else (args.half,)
+        for half in halves:
+            for target in args.targets:
+                for dim in args.dims:
+                    for proc in args.processes:
+                        for seed in args.seeds:
+                            fn = run_dsm if half == "dsm" else run_sampler
+                            r = fn(target, dim, proc, seed, args)
+                            stored[_key(r)] = r
+                            print(f"{_key(r):<28} MMD² {r['mmd']:.4f} (floor {r['mmd_floor']:.4f})  "
+                                  f"SW2 {r['sliced_w2']:.3f} (floor {r['sliced_w2_floor']:.3f})  "
+                                  f"train {r['train_seconds']:.0f} s", flush=True)
+                            (RESULTS / f"{NAME}.json").write_text(json.dumps(
+                                {"rows": list(stored.values()), "summary": summarise(list(stored.values()))},
+                                indent=2) + "\n")
+    rows = list(stored.values())
+    if not rows:
+        print("no stored results")
+        return
+    cells = summarise(rows)
+    print(table(cells))
+    (RESULTS / f"{NAME}.json").write_text(json.dumps({"rows": rows, "summary": cells}, indent=2) + "\n")
+    plot(rows, RESULTS / f"{NAME}.png")
+    print(f"wrote {RESULTS}/{NAME}.json and .png")
+
+
+if __name__ == "__main__":
+    main()
