@@ -43,6 +43,20 @@ def test_dds_is_exact_when_the_target_is_the_reference_law():
     np.testing.assert_allclose(sampler.backward_log_weights(jax.random.key(2), x), 1.5, atol=2e-4)
 
 
+@pytest.mark.parametrize("exploration", [0.0, 0.5])
+def test_the_log_variance_loss_vanishes_at_the_optimal_control_on_and_off_policy(exploration):
+    # zero control is optimal for dds on N(0, I): every weight is log Z on any trajectory,
+    # including the wider exploring ones; off the optimum (a shifted target) it is not
+    optimal = sdekit.create("target", "gaussian", dim=3, mean=[0.0, 0.0, 0.0], log_Z=1.5)
+    shifted = sdekit.create("target", "gaussian", dim=3, mean=[1.0, 0.0, 0.0], log_Z=1.5)
+    spec = {"name": "dds", "steps": 20, "loss": "log-variance", "exploration": exploration}
+    key = jax.random.key(0)
+    loss, stats = sdekit.compose(optimal, spec).loss(key)
+    assert float(loss) < 1e-7
+    np.testing.assert_allclose(stats["log_Z"], 1.5, atol=2e-4)
+    assert float(sdekit.compose(shifted, spec).loss(key)[0]) > 0.1
+
+
 def _pis_with_exact_control(steps: int):
     target = sdekit.create("target", "gaussian", dim=2, scale=0.7, log_Z=1.5)
     control = FollmerGaussian(target.mean, 0.7)
@@ -169,5 +183,9 @@ def test_bad_options_are_clear_errors():
         sdekit.compose("gaussian", "dds", process="ve")
     with pytest.raises(sdekit.CompositionError, match="loss must be one of"):
         sdekit.compose("gaussian", {"name": "pis", "loss": "elbo"})
+    with pytest.raises(sdekit.CompositionError, match="exploration=0.5 needs loss='log-variance'"):
+        sdekit.compose("gaussian", {"name": "pis", "exploration": 0.5})
+    with pytest.raises(sdekit.CompositionError, match="exploration must be a number >= 0"):
+        sdekit.compose("gaussian", {"name": "pis", "loss": "log-variance", "exploration": -1})
     with pytest.raises(sdekit.CompositionError, match="batch must be"):
         sdekit.compose("gaussian", {"name": "pis", "batch": 1})

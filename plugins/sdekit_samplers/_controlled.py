@@ -46,7 +46,11 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
 
     Losses: `"kl"`, the reverse KL $-\mathbb E[\log w]$ with reparameterised trajectories
     (gradients flow through the target); `"log-variance"`, $\mathrm{Var}[\log w]$ on
-    trajectories detached from the parameters.
+    trajectories detached from the parameters. The log-variance loss is zero exactly at the
+    optimal control whatever law the trajectories are drawn from, so they may explore:
+    `exploration` $= e \ge 0$ draws the training trajectories with the forward kernels'
+    noise std multiplied by $1 + e$ (the weights still use the kernels $F_k$ themselves;
+    sampling is unaffected). Default 0, on-policy.
 
     Scale: `remat=True` rematerialises the trajectory in the backward pass (`jax.checkpoint`
     of each step, nested in segments of about $\sqrt K$ steps), so training memory grows
@@ -66,6 +70,7 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
     batch: int = eqx.field(static=True)
     remat: bool = eqx.field(static=True, default=False)
     devices: int | None = eqx.field(static=True, default=None)
+    exploration: float = eqx.field(static=True, default=0.0)
 
     def trainable(self):
         """Only the controller is trained (never the target it may hold)."""
@@ -104,7 +109,9 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
             return jax.lax.scan(step, carry, xs)[0]
         return remat_scan(step, carry, xs)
 
-    def _simulate(self, key: PRNGKeyArray, n: int, detach: bool) -> Samples:
+    def _simulate(self, key: PRNGKeyArray, n: int, detach: bool, noise: float = 1.0) -> Samples:
+        """Trajectories from the prior with the kernels' noise std times `noise`, and their
+        log-weights under the kernels $F_k$ (exact importance weights when `noise` is 1)."""
         kernel = jax.vmap(self.kernel, in_axes=(None, None, 0), out_axes=(0, None))
         k_prior, k_path = jax.random.split(key)
         x0 = self._shard(self.process.prior_sample(k_prior, (n, self.target.dim)))
@@ -113,7 +120,7 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
             x, log_w = carry
             t_a, t_b, k = inputs
             mean, std = kernel(t_a, t_b, x)
-            x_new = mean + std * jax.random.normal(k, x.shape, x.dtype)
+            x_new = mean + (noise * std) * jax.random.normal(k, x.shape, x.dtype)
             if detach:
                 x_new = jax.lax.stop_gradient(x_new)
             coef, std_b = self.process.transition(t_b, t_a)
@@ -151,7 +158,10 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
         return log_w + jax.vmap(self.target.log_prob)(x) - jax.vmap(self.process.prior_log_prob)(x0)
 
     def loss(self, key: PRNGKeyArray) -> tuple[Scalar, dict[str, Scalar]]:
-        log_w = self._simulate(key, self.batch, detach=self.loss_name == "log-variance").log_weights
+        if self.loss_name == "kl":
+            log_w = self._simulate(key, self.batch, detach=False).log_weights
+        else:
+            log_w = self._simulate(key, self.batch, detach=True, noise=1 + self.exploration).log_weights
         elbo = jnp.mean(log_w)
         loss = -elbo if self.loss_name == "kl" else jnp.var(log_w)
         log_Z = jax.nn.logsumexp(log_w) - jnp.log(self.batch)
@@ -242,9 +252,16 @@ def _controlled(
     grad_clip: float | None,
     remat: bool = False,
     devices: int | None = None,
+    exploration: float = 0.0,
 ) -> ControlledSDE:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if not (isinstance(exploration, (int, float)) and exploration >= 0):
+        raise ValueError(f"exploration must be a number >= 0, got {exploration!r}")
+    if exploration and loss != "log-variance":
+        raise ValueError(
+            f"exploration={exploration} needs loss='log-variance' (the 'kl' loss is on-policy)"
+        )
     if not (isinstance(batch, int) and batch >= 2):
         raise ValueError(f"batch must be an integer >= 2, got {batch!r}")
     if not isinstance(remat, bool):
@@ -257,7 +274,8 @@ def _controlled(
     )
     ts = time_grid(process, steps, spacing)
     return ControlledSDE(
-        process, controller, target, ts, options, integrator, loss, batch, remat, devices
+        process, controller, target, ts, options, integrator, loss, batch, remat, devices,
+        float(exploration),
     )
 
 
@@ -277,11 +295,12 @@ def _factory(name: str, default_process: str, integrator: str, summary: str):
         grad_clip: float = 1.0,
         remat: bool = False,
         devices: int | None = None,
+        exploration: float = 0.0,
     ) -> ControlledSDE:
         return _controlled(
             target, process, controller, integrator=integrator, steps=steps, spacing=spacing,
             loss=loss, batch=batch, train_iters=train_iters, learning_rate=learning_rate,
-            grad_clip=grad_clip, remat=remat, devices=devices,
+            grad_clip=grad_clip, remat=remat, devices=devices, exploration=exploration,
         )
 
     factory.__name__ = factory.__qualname__ = name
@@ -290,9 +309,10 @@ def _factory(name: str, default_process: str, integrator: str, summary: str):
     Training (`sdekit.train`): `loss` (`"kl"` or `"log-variance"`), `batch` trajectories per
     step, `train_iters` Adam steps at peak `learning_rate` (cosine decay), global gradient
     norm clipped to `grad_clip` (0: none). `steps` is the number of time steps $K$ and
-    `spacing` the time grid (`"uniform"`, `"cosine"`, …). `remat=True`: training memory
+    `spacing` the time grid (`"uniform"`, `"cosine"`, …). `remat=True`: training
     memory growing like sqrt(K), not K (checkpointed steps, same gradients). `devices`: shard
-    the particles over that many devices (`None`: no sharding; same results either way)."""
+    the particles over that many devices (`None`: no sharding; same results either way).
+    `exploration` (log-variance only): training trajectories' noise std times 1 + exploration."""
     return factory
 
 
