@@ -17,9 +17,11 @@ Pass: the DSM-trained model's residual is >= 10x the exact score's (float32) in 
 smallest-t bin; fine-tuning lowers the weighted residual >= 3x (against the control
 fine-tuned for as long without it) while the DSM loss rises by <= 10%.
 
-    python benchmarks/r1_3_score_fp_residual.py
+    python benchmarks/r1_3_score_fp_residual.py --seed 1 --weights 1 10 100
 
-writes benchmarks/results/r1_3_score_fp_residual.{json,png}.
+stores the seed's result in benchmarks/results/r1_3_score_fp_residual.json (`seeds`, merged
+with the seeds already there) with `all_seeds`: whether each claim holds on every stored
+seed; the figure is r1_3_score_fp_residual.png for seed 0, ..._seed{N}.png for others.
 """
 
 import argparse
@@ -148,10 +150,46 @@ def main() -> None:
     ]
     print(json.dumps(verdict, indent=1))
     RESULTS.mkdir(exist_ok=True)
-    out = {"protocol": vars(args), "bins": BINS, "rows": rows, "verdict": verdict}
+    out = merge(load(), {"protocol": vars(args), "bins": BINS, "rows": rows, "verdict": verdict})
     (RESULTS / "r1_3_score_fp_residual.json").write_text(json.dumps(out, indent=2) + "\n")
-    plot(rows, RESULTS / "r1_3_score_fp_residual.png")
-    print(f"wrote {RESULTS}/r1_3_score_fp_residual.json and .png")
+    print(json.dumps(out["all_seeds"], indent=1))
+    plot(rows, RESULTS / "r1_3_score_fp_residual.png" if args.seed == 0
+         else RESULTS / f"r1_3_score_fp_residual_seed{args.seed}.png")
+    print(f"wrote {RESULTS}/r1_3_score_fp_residual.json and the PNG of seed {args.seed}")
+
+
+def load() -> dict:
+    """The stored results as `{"seeds": {seed: result}}` (an older single-seed file is seed `protocol.seed`)."""
+    path = RESULTS / "r1_3_score_fp_residual.json"
+    if not path.exists():
+        return {"seeds": {}}
+    stored = json.loads(path.read_text())
+    if "seeds" in stored:
+        return stored
+    return {"seeds": {str(stored["protocol"]["seed"]): stored}}
+
+
+def merge(stored: dict, result: dict) -> dict:
+    """`result` stored under its seed, and `all_seeds`: whether each claim held on every stored seed."""
+    seeds = {**stored["seeds"], str(result["protocol"]["seed"]): result}
+    weights = sorted({w for r in seeds.values() for w in r["verdict"]["per_weight"]}, key=float)
+    summary = {
+        "seeds": sorted(seeds, key=int),
+        "diagnostic_holds": all(r["verdict"]["diagnostic_holds"] for r in seeds.values()),
+        "dsm_residual_over_exact_smallest_t": {k: r["verdict"]["dsm_residual_over_exact_smallest_t"]
+                                               for k, r in seeds.items()},
+        "regulariser_holds_for_every_seed": [
+            w for w in weights
+            if all(w in r["verdict"]["regulariser_holds_for"] for r in seeds.values())
+        ],
+        "per_weight": {
+            w: {k: {m: r["verdict"]["per_weight"][w][m] for m in ("residual_reduction_vs_control",
+                                                               "dsm_rise_vs_control")}
+                for k, r in seeds.items() if w in r["verdict"]["per_weight"]}
+            for w in weights
+        },
+    }
+    return {"seeds": dict(sorted(seeds.items(), key=lambda kv: int(kv[0]))), "all_seeds": summary}
 
 
 def plot(rows, path):
