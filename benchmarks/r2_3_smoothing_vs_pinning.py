@@ -22,7 +22,8 @@ Two halves, each on funnel-d and a 10-component isotropic Gaussian mixture in d 
 Each row: unbiased MMD² (median-heuristic bandwidth) and sliced W2 of `-n` samples against
 as many exact ones, and the noise floor: the same between two independent exact sets (MMD²:
 RMS over 2 pairs). A process *wins* a (target, d, metric) cell when its mean over seeds is
-lower by more than the floor; otherwise the cell is a tie.
+lower by more than the floor; otherwise the cell is a tie. PBM rows with `--pbm-sigma`
+other than 1 are labelled `pbm-s<sigma>` and stored beside those with sigma 1.
 
 The full grid of REPRODUCTIONS.md (3 seeds, both halves, d up to 50, networks 2x128, several
 thousand steps) is the default; it is far beyond a shared 2-core CPU, so the stored results
@@ -61,6 +62,11 @@ def make_target(name: str, dim: int):
     means = jax.random.uniform(k1, (10, dim), minval=-5.0, maxval=5.0)
     variances = jax.random.uniform(k2, (10,), minval=0.2, maxval=1.0)
     return sdekit.create("target", "gmm", means=np.asarray(means), covs=np.asarray(variances))
+
+
+def process_label(name: str, pbm_sigma: float) -> str:
+    """`vp`, `pbm` (sigma 1, the VP's stationary std) or `pbm-s<sigma>`."""
+    return name if name == "vp" or pbm_sigma == 1.0 else f"pbm-s{pbm_sigma:g}"
 
 
 def make_process(name: str, pbm_sigma: float):
@@ -105,7 +111,8 @@ def run_dsm(target_name: str, dim: int, process_name: str, seed: int, args) -> d
                       spacing=process.default_spacing)
     x = jax.block_until_ready(x)
     return {
-        "half": "dsm", "target": target_name, "dim": dim, "process": process_name, "seed": seed,
+        "half": "dsm", "target": target_name, "dim": dim, "process": process_label(process_name, args.pbm_sigma),
+        "seed": seed,
         "train_seconds": train_seconds, "sample_seconds": time.perf_counter() - t0,
         "dsm_final": float(np.mean(np.asarray(history["dsm"])[-50:])),
         **quality(x, target, jax.random.fold_in(key, 2)),
@@ -132,7 +139,7 @@ def run_sampler(target_name: str, dim: int, process_name: str, seed: int, args) 
     samples = jax.block_until_ready(trained.sample(jax.random.fold_in(key, 1), args.n))
     log_z = float(sdekit.log_Z_estimate(samples.log_weights))
     return {
-        "half": "samplers", "target": target_name, "dim": dim, "process": process_name,
+        "half": "samplers", "target": target_name, "dim": dim, "process": process_label(process_name, args.pbm_sigma),
         "sampler": PROCESSES[process_name], "seed": seed, "train_seconds": train_seconds,
         "log_Z_error": log_z - float(target.log_Z),
         **quality(samples.x, target, jax.random.fold_in(key, 2)),
@@ -151,39 +158,36 @@ def load() -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per (half, target, d): VP and PBM means over seeds, floors, and the winner per metric."""
+    """Per (half, target, d, process): means over seeds, the floors, and against VP the winner per metric."""
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in rows:
         groups.setdefault((r["half"], r["target"], r["dim"]), {}).setdefault(r["process"], []).append(r)
     out = []
     for (half, target, dim), by in sorted(groups.items()):
-        cell = {"half": half, "target": target, "dim": dim}
-        for metric in ("mmd", "sliced_w2"):
-            floor = float(np.mean([r[f"{metric}_floor"] for rs in by.values() for r in rs]))
-            cell[f"{metric}_floor"] = floor
-            means = {}
-            for p, rs in by.items():
-                means[p] = float(np.mean([r[metric] for r in rs]))
-                cell[f"{metric}_{p}"] = means[p]
-                cell[f"seeds_{p}"] = len(rs)
-            if {"vp", "pbm"} <= set(means):
-                diff = means["vp"] - means["pbm"]
-                cell[f"{metric}_winner"] = "tie" if abs(diff) <= floor else ("pbm" if diff > 0 else "vp")
-        out.append(cell)
+        means = {p: {m: float(np.mean([r[m] for r in rs])) for m in ("mmd", "sliced_w2", "mmd_floor",
+                                                                     "sliced_w2_floor")}
+                 for p, rs in by.items()}
+        for proc in sorted(by, key=lambda p: (p != "vp", p)):
+            cell = {"half": half, "target": target, "dim": dim, "process": proc, "seeds": len(by[proc]),
+                    **means[proc]}
+            if proc != "vp" and "vp" in means:
+                for m in ("mmd", "sliced_w2"):
+                    diff = means["vp"][m] - means[proc][m]
+                    floor = max(means["vp"][f"{m}_floor"], means[proc][f"{m}_floor"])
+                    cell[f"{m}_vs_vp"] = "tie" if abs(diff) <= floor else (proc if diff > 0 else "vp")
+            out.append(cell)
     return out
 
 
 def table(cells: list[dict]) -> str:
-    head = (f"{'half':<9}{'target':<8}{'d':>4} {'seeds':>5} | {'MMD² vp':>10} {'MMD² pbm':>10} "
-            f"{'floor':>9} {'win':>4} | {'SW2 vp':>8} {'SW2 pbm':>8} {'floor':>7} {'win':>4}")
+    head = (f"{'half':<9}{'target':<8}{'d':>4} {'process':<9}{'seeds':>5} | {'MMD²':>9} {'floor':>8} "
+            f"{'wins':>9} | {'SW2':>8} {'floor':>7} {'wins':>9}")
     lines = [head, "-" * len(head)]
     for c in cells:
-        seeds = f"{c.get('seeds_vp', 0)}/{c.get('seeds_pbm', 0)}"
         lines.append(
-            f"{c['half']:<9}{c['target']:<8}{c['dim']:>4} {seeds:>5} | {c.get('mmd_vp', np.nan):>10.4f} "
-            f"{c.get('mmd_pbm', np.nan):>10.4f} {c['mmd_floor']:>9.4f} {c.get('mmd_winner', '-'):>4} | "
-            f"{c.get('sliced_w2_vp', np.nan):>8.3f} {c.get('sliced_w2_pbm', np.nan):>8.3f} "
-            f"{c['sliced_w2_floor']:>7.3f} {c.get('sliced_w2_winner', '-'):>4}"
+            f"{c['half']:<9}{c['target']:<8}{c['dim']:>4} {c['process']:<9}{c['seeds']:>5} | {c['mmd']:>9.4f} "
+            f"{c['mmd_floor']:>8.4f} {c.get('mmd_vs_vp', ''):>9} | {c['sliced_w2']:>8.3f} "
+            f"{c['sliced_w2_floor']:>7.3f} {c.get('sliced_w2_vs_vp', ''):>9}"
         )
     return "\n".join(lines)
 
@@ -195,22 +199,23 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, len(TARGETS), figsize=(5.5 * len(TARGETS), 7.5), squeeze=False)
-    styles = {("dsm", "vp"): ("C0", "-", "VP (DSM)"), ("dsm", "pbm"): ("C3", "-", "PBM (DSM)"),
-              ("samplers", "vp"): ("C0", ":", "DDS (VP)"), ("samplers", "pbm"): ("C3", ":", "PIS (PBM)")}
+    procs = sorted({(r["half"], r["process"]) for r in rows}, key=lambda hp: (hp[0], hp[1] != "vp", hp[1]))
+    names = {"dsm": {"vp": "VP (DSM)"}, "samplers": {"vp": "DDS (VP)"}}
     for j, target in enumerate(TARGETS):
         for i, metric in enumerate(("mmd", "sliced_w2")):
             ax = axes[i, j]
             floors: dict[int, list[float]] = {}
-            for (half, proc), (color, ls, label) in styles.items():
+            for k, (half, proc) in enumerate(procs):
                 rs = [r for r in rows if r["target"] == target and r["half"] == half and r["process"] == proc]
                 if not rs:
                     continue
+                label = names[half].get(proc, f"{proc.upper()} ({'DSM' if half == 'dsm' else 'PIS'})")
                 dims = sorted({r["dim"] for r in rs})
                 vals = [[r[metric] for r in rs if r["dim"] == d] for d in dims]
                 mean = np.array([np.mean(v) for v in vals])
                 lo, hi = np.array([np.min(v) for v in vals]), np.array([np.max(v) for v in vals])
-                ax.errorbar(dims, mean, yerr=[mean - lo, hi - mean], color=color, ls=ls, marker="o",
-                            ms=4, capsize=2, label=label)
+                ax.errorbar(dims, mean, yerr=[mean - lo, hi - mean], color=f"C{k}",
+                            ls="-" if half == "dsm" else ":", marker="o", ms=4, capsize=2, label=label)
                 for r in rs:
                     floors.setdefault(r["dim"], []).append(r[f"{metric}_floor"])
             if floors:
