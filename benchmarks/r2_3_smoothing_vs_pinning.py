@@ -197,6 +197,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(2, len(TARGETS), figsize=(5.5 * len(TARGETS), 7.5), squeeze=False)
     procs = sorted({(r["half"], r["process"]) for r in rows}, key=lambda hp: (hp[0], hp[1] != "vp", hp[1]))
@@ -222,6 +223,9 @@ def plot(rows: list[dict], path: Path) -> None:
                 dims = sorted(floors)
                 ax.plot(dims, [np.mean(floors[d]) for d in dims], "k--", lw=1, label="noise floor")
             ax.set_xscale("log")
+            all_dims = sorted({r["dim"] for r in rows})
+            ax.set_xticks(all_dims, [str(d) for d in all_dims])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_yscale("symlog" if metric == "mmd" else "log", **({"linthresh": 1e-3} if metric == "mmd" else {}))
             ax.set_xlabel("d")
             ax.set_title(f"{target}: {'MMD²' if metric == 'mmd' else 'sliced W2'}")
