@@ -30,11 +30,11 @@ def _estimate(score, t, x):
     return jax.vmap(score.estimate, in_axes=(None, 0))(t, x)
 
 
-def _errors(name, target, process, gradient, times, draws):
+def _errors(name, target, process, gradient, times, draws, options=None):
     """RMS error against the exact score and RMS Monte-Carlo standard error, per time."""
     exact = sdekit.create("score", "exact", target=target, process=process)
     score = sdekit.create("score", name, target=target, process=process, gradient=gradient,
-                          draws=draws, chunk=min(draws, 1024))
+                          draws=draws, chunk=min(draws, 1024), **(options or {}))
     x = target.sample(jax.random.key(7), 100)
     out = []
     for t in times:
@@ -57,6 +57,9 @@ CASES = [
     ("gaussian", "mc-score", "vp", (0.05, 0.3), "auto"),
     ("gmm", "mc-score", "vp", (0.05, 0.3), "auto"),
     ("gmm", "mc-score", "vp", (0.3,), "stein"),
+    # the plain proposal N(x/a_t, σ_t²/a_t²) (no Gaussian stand-in) is consistent too
+    ("gmm", "mc-score", "vp", (0.05, 0.3), "auto", {"proposal_std": None}),
+    ("gmm", "mc-score", "vp", (0.3, 0.8), "stein", {"proposal_std": 2.0}),
 ]
 
 
@@ -65,16 +68,61 @@ def _process(spec):
     return sdekit.create("process", spec.pop("name"), **spec)
 
 
-@pytest.mark.parametrize("which,name,process,times,gradient", CASES)
-def test_drift_converges_to_the_exact_score(which, name, process, times, gradient):
+@pytest.mark.parametrize("which,name,process,times,gradient,options",
+                         [c if len(c) == 6 else (*c, None) for c in CASES])
+def test_drift_converges_to_the_exact_score(which, name, process, times, gradient, options):
     target = _target(which)
     process = _process(process)
-    coarse = _errors(name, target, process, gradient, times, 100)
-    fine = _errors(name, target, process, gradient, times, 4096)
+    coarse = _errors(name, target, process, gradient, times, 100, options)
+    fine = _errors(name, target, process, gradient, times, 4096, options)
     for (e_coarse, _), (e_fine, se_fine) in zip(coarse, fine):
         # The error falls like 1/sqrt(draws) (x6.4 here) and matches the MC standard error.
         assert e_fine < e_coarse / 3
         assert e_fine < 2 * se_fine
+
+
+def test_mc_score_proposal_is_the_gaussian_posterior():
+    # proposal_std=s: the draws are the posterior of x_0 given x_t under N(0, s^2 I), and
+    # their Stein values (a x_0 - x)/σ_t^2 = offset + scale_v Z (closed forms checked here).
+    process = sdekit.create("process", "vp")
+    score = sdekit.create("score", "mc-score", target=_target("gaussian"), process=process,
+                          proposal_std=1.7)
+    assert sdekit.create("score", "mc-score", target=_target("gaussian"),
+                         process=process).proposal_std == 1.0  # "prior": vp's sigma
+    t, x = 0.4, jnp.array([0.3, -1.2])
+    a, std = process.marginal(t)
+    precision = a**2 / std**2 + 1 / 1.7**2
+    mean, scale, offset, value_scale = score.proposal(t, x)
+    np.testing.assert_allclose(mean, (a / std**2) * x / precision, rtol=1e-5)
+    np.testing.assert_allclose(scale, 1 / jnp.sqrt(precision), rtol=1e-5)
+    z = jnp.array([0.5, -2.0])
+    np.testing.assert_allclose(offset + value_scale * z, (a * (mean + scale * z) - x) / std**2,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_mc_score_funnel_no_nan_no_explosion():
+    # The plain proposal N(x/a_t, σ_t²/a_t²) is ~150 wide near t_max: the weights collapse on
+    # one draw, the score is O(1) instead of ~ -x, and reverse-sde lets x grow like 1/a_t
+    # (or all draws overflow to γ = 0 in float32: NaN). The Gaussian stand-in's posterior
+    # (default proposal_std="prior") keeps every trajectory finite and on the funnel's scale.
+    n, key = 256, jax.random.key(0)
+    truth = np.asarray(sdekit.create("target", "funnel").sample(jax.random.key(1), 4096))
+    far = 200.0  # P(max_i |x_i| > 200) under the funnel: x_0 > ~8 (3 sd), about 0.3%
+    assert np.mean(np.max(np.abs(truth), 1) > far) < 0.01
+
+    def run(proposal_std):
+        sampler = sdekit.compose("funnel", {"name": "reverse-sde", "steps": 32}, process="vp",
+                                 score={"name": "mc-score", "draws": 64, "chunk": 64,
+                                        "proposal_std": proposal_std})
+        return sampler.sample(key, n)
+
+    fixed = run("prior")
+    assert bool(jnp.all(jnp.isfinite(fixed.log_weights)))
+    assert np.isfinite(float(sdekit.log_Z_estimate(fixed.log_weights)))
+    assert np.mean(np.max(np.abs(np.asarray(fixed.x)), 1) > far) < 0.03  # binomial: 0.3% +- 0.4%
+    plain = np.asarray(run(None).x)
+    exploded = ~np.isfinite(plain).all(1) | (np.max(np.abs(plain), 1) > far)
+    assert np.mean(exploded) > 0.25
 
 
 def test_follmer_score_is_the_follmer_sde_under_reverse_sde():
@@ -142,6 +190,22 @@ def test_nuts_moments_on_gaussian():
     np.testing.assert_array_less(np.abs(x.var(0) - var), 5 * var * np.sqrt(2 / ess))
 
 
+def test_nuts_thinning_keeps_every_kth_state():
+    # Same key: the thinned run is the unthinned one's every 3rd state after warm-up, at
+    # the same cost (evaluations counted over all iterations, kept or not).
+    target = _target("gaussian")
+    full = sdekit.compose(target, {"name": "nuts", "num_warmup": 50, "chains": 2})
+    thin = sdekit.compose(target, {"name": "nuts", "num_warmup": 50, "chains": 2, "thinning": 3})
+    key = jax.random.key(5)
+    a, stats_a = full.sample_with_stats(key, 2 * 30)
+    b, stats_b = thin.sample_with_stats(key, 2 * 10)
+    assert int(stats_a["target_evaluations"]) == int(stats_b["target_evaluations"])
+    assert int(stats_a["warmup_evaluations"]) == int(stats_b["warmup_evaluations"])
+    assert int(stats_b["target_evaluations"]) > int(stats_b["warmup_evaluations"]) + 2 * 30
+    every_third = np.asarray(a.x).reshape(30, 2, 2)[2::3].reshape(20, 2)  # (iteration, chain)
+    np.testing.assert_allclose(b.x, every_third, rtol=1e-4, atol=1e-5)
+
+
 def test_chunking_bounds_memory():
     # The working set of N points x M draws is N x chunk, not N x M.
     target = sdekit.create("target", "gaussian", dim=10)
@@ -168,6 +232,9 @@ def test_chunking_bounds_memory():
         ("sampler", "follmer", {"draws": 2.5}, "2.5"),
         ("sampler", "nuts", {"chains": 0}, "0"),
         ("sampler", "nuts", {"target_accept": 1.5}, "1.5"),
+        ("sampler", "nuts", {"thinning": 0}, "0"),
+        ("score", "mc-score", {"proposal_std": -1.0}, "-1.0"),
+        ("score", "mc-score", {"proposal_std": "wide"}, "'wide'"),
         ("sampler", "smc", {"steps": -1}, "-1"),
         ("sampler", "smc", {"sigma": 0.0}, "0.0"),
     ],
