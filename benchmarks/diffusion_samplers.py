@@ -4,6 +4,8 @@
     python benchmarks/diffusion_samplers.py --samplers pis --targets funnel --seeds 0
     python benchmarks/diffusion_samplers.py --samplers follmer mc-score nuts smc \
         --targets funnel many-well-54 --seeds 0 -n 2000          # training-free, same budget
+    python benchmarks/diffusion_samplers.py --samplers pis --targets many-well-54 \
+        --loss log-variance --exploration 0.5                     # another training variant
     python benchmarks/diffusion_samplers.py --table               # the stored results
     python benchmarks/diffusion_samplers.py --memory              # peak memory of the MC drift
 
@@ -19,8 +21,9 @@ chosen from a pilot run (counted). Every row records `budget` and `target_evalua
 and sampling together.
 
 Runs each (sampler, target, seed), prints a table of medians and spreads over seeds and
-writes the raw per-seed results to `benchmarks/results/diffusion_samplers.json`
-(merged with what is there, keyed by sampler/target/seed). The configurations below are
+writes the raw per-seed results to `benchmarks/results/diffusion_samplers.json` after
+each run (atomically, merged with what is there, keyed by sampler/target/seed and, for
+trained samplers, the training variant: `kl`, `lv` or `lv+e<exploration>`). The configurations below are
 the ones the numbers in the issue notes come from.
 """
 
@@ -38,13 +41,15 @@ import sdekit
 
 RESULTS = Path(__file__).parent / "results" / "diffusion_samplers.json"
 
-#: Per-target settings: process options per sampler family and training length.
+#: Per-target settings: process options per sampler family, training length and loss.
 TARGETS = {
     "funnel": {"pbm": {"sigma": 1.0}, "vp": {"sigma": 1.0}, "train_iters": 2000},
     "gmm40": {"pbm": {"sigma": 20.0}, "vp": {"sigma": 20.0}, "train_iters": 2000},
     "many-well-54": {"pbm": {"sigma": 1.0}, "vp": {"sigma": 1.0}, "train_iters": 2000},
     "many-well-32": {"pbm": {"sigma": 1.0}, "vp": {"sigma": 1.0}, "train_iters": 2000},
 }
+#: The training loss of the trained samplers: (loss, exploration), overridable from the CLI.
+LOSS = ("kl", 0.0)
 PROCESS = {"pis": "pbm", "dds": "vp", "dis": "vp", "follmer": "pbm", "mc-score": "vp"}
 TRAINED = ("pis", "dds", "dis")
 TRAINING_FREE = ("follmer", "mc-score", "nuts", "smc")
@@ -52,7 +57,7 @@ TRAINING_FREE = ("follmer", "mc-score", "nuts", "smc")
 FREE_STEPS = 64  # follmer and mc-score time steps
 SMC = {"mcmc_steps": 2, "leapfrog": 5}
 #: NUTS: `thinning` is chosen from a pilot run of `NUTS_PILOT` kept iterations per chain.
-NUTS = {"num_warmup": 500, "chains": 200}
+NUTS = {"num_warmup": 500, "chains": 20}
 NUTS_PILOT = 10
 
 
@@ -183,12 +188,21 @@ def memory_report(n: int = 10_000, draws: int = 1000, dim: int = 10) -> list[dic
     return rows
 
 
+def variant(loss: str, exploration: float) -> str:
+    """A trained row's training variant, as shown in the table: `kl`, `lv`, `lv+e0.5`."""
+    if loss == "kl":
+        return "kl"
+    return "lv" + (f"+e{exploration:g}" if exploration else "")
+
+
 def run(sampler_name: str, target_name: str, seed: int, steps: int, train_iters: int | None,
-        n: int) -> dict:
+        n: int, loss: str = LOSS[0], exploration: float = LOSS[1]) -> dict:
     settings = TARGETS[target_name]
     process = PROCESS[sampler_name]
     spec = {"name": sampler_name, "steps": steps,
-            "train_iters": train_iters or settings["train_iters"]}
+            "train_iters": train_iters or settings["train_iters"], "loss": loss}
+    if exploration:
+        spec["exploration"] = exploration
     sampler = sdekit.compose(
         target_name, spec,
         process={"name": process, **settings[process]},
@@ -202,6 +216,7 @@ def run(sampler_name: str, target_name: str, seed: int, steps: int, train_iters:
     sample_seconds = time.perf_counter() - t0
     result = {
         "sampler": sampler_name, "target": target_name, "seed": seed, "steps": steps,
+        "variant": variant(loss, exploration), "loss": loss, "exploration": exploration,
         "train_iters": spec["train_iters"], "batch": sampler.batch,
         "train_seconds": float(history["train_seconds"]), "sample_seconds": sample_seconds,
         "n": n, "true_log_Z": target.log_Z,
@@ -232,8 +247,9 @@ def table(results: list[dict]) -> str:
     for r in results:
         if "target_evaluations" not in r and r["sampler"] in TRAINED:
             r = {**r, "target_evaluations": controlled_evaluations(r)}
-        groups.setdefault((r["target"], r["sampler"]), []).append(r)
-    lines = [f"{'target':<14}{'sampler':<10}{'seeds':>6}" + "".join(f" {c:>24}" for c in cols)]
+        name = r["sampler"] if r["sampler"] not in TRAINED else f"{r['sampler']} {row_key(r)[3]}"
+        groups.setdefault((r["target"], name), []).append(r)
+    lines = [f"{'target':<14}{'sampler':<14}{'seeds':>6}" + "".join(f" {c:>24}" for c in cols)]
     for (target, sampler), rows in sorted(groups.items()):
         cells = []
         for c in cols:
@@ -244,7 +260,7 @@ def table(results: list[dict]) -> str:
                 cells.append(f"{np.nanmedian(v):.3g}")
             else:
                 cells.append(f"{np.nanmedian(v):.3f} [{np.nanmin(v):.3f},{np.nanmax(v):.3f}]")
-        lines.append(f"{target:<14}{sampler:<10}{len(rows):>6}" + "".join(f" {c:>24}" for c in cells))
+        lines.append(f"{target:<14}{sampler:<14}{len(rows):>6}" + "".join(f" {c:>24}" for c in cells))
     return "\n".join(lines)
 
 
@@ -260,6 +276,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--budget", type=int, default=BUDGET,
                         help="Target evaluations per training-free run (default: pis training).")
+    parser.add_argument("--loss", choices=("kl", "log-variance"), default=LOSS[0],
+                        help="Training loss of the trained samplers.")
+    parser.add_argument("--exploration", type=float, default=LOSS[1],
+                        help="Exploration of the log-variance loss (noise std x (1 + e)).")
     parser.add_argument("--table", action="store_true", help="Print the stored results' table.")
     parser.add_argument("--memory", action="store_true",
                         help="Print the compiled peak memory of the MC drift (N=10^4, M=10^3, d=10).")
@@ -281,19 +301,29 @@ def main() -> None:
                 if sampler in TRAINING_FREE:
                     r = run_training_free(sampler, target, seed, args.n, args.budget)
                 else:
-                    r = run(sampler, target, seed, args.steps, args.train_iters, args.n)
+                    r = run(sampler, target, seed, args.steps, args.train_iters, args.n,
+                            args.loss, args.exploration)
                 r["device"] = jax.devices()[0].device_kind
                 fresh.append(r)
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                   for k, v in r.items()}), flush=True)
-    same = {(r["sampler"], r["target"], r["seed"], r["steps"]) for r in fresh}
-    kept = [r for r in stored if (r["sampler"], r["target"], r["seed"], r["steps"]) not in same]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(kept + fresh, indent=1))
-    os.replace(tmp, args.out)
+                stored = save(args.out, stored, r)
     print(table(fresh))
 
+
+def row_key(r: dict) -> tuple:
+    """Rows are stored one per (sampler, target, seed, training variant)."""
+    return r["sampler"], r["target"], r["seed"], r.get("variant", "kl" if r["sampler"] in TRAINED else "")
+
+
+def save(path: Path, stored: list[dict], row: dict) -> list[dict]:
+    """`stored` with `row` replacing the row of the same key, written atomically to `path`."""
+    rows = [r for r in stored if row_key(r) != row_key(row)] + [row]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    os.replace(tmp, path)
+    return rows
 
 if __name__ == "__main__":
     main()
