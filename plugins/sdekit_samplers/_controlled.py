@@ -50,7 +50,8 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
     optimal control whatever law the trajectories are drawn from, so they may explore:
     `exploration` $= e \ge 0$ draws the training trajectories with the forward kernels'
     noise std multiplied by $1 + e$ (the weights still use the kernels $F_k$ themselves;
-    sampling is unaffected). Default 0, on-policy.
+    sampling is unaffected). Default 0, on-policy. With $e > 0$ the training statistics
+    `elbo` and `log_Z` are means over those exploring trajectories, not bounds on $\log Z$.
 
     Scale: `remat=True` rematerialises the trajectory in the backward pass (`jax.checkpoint`
     of each step, nested in segments of about $\sqrt K$ steps), so training memory grows
