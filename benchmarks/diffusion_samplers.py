@@ -280,6 +280,9 @@ def main() -> None:
                         help="Training loss of the trained samplers.")
     parser.add_argument("--exploration", type=float, default=LOSS[1],
                         help="Exploration of the log-variance loss (noise std x (1 + e)).")
+    parser.add_argument("--nuts-chains", type=int, default=NUTS["chains"],
+                        help="NUTS chains (each chain stays near the mode it finds: a "
+                             "multimodal target needs many).")
     parser.add_argument("--table", action="store_true", help="Print the stored results' table.")
     parser.add_argument("--memory", action="store_true",
                         help="Print the compiled peak memory of the MC drift (N=10^4, M=10^3, d=10).")
@@ -294,6 +297,7 @@ def main() -> None:
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}))
         return
     print(f"device: {jax.devices()[0].device_kind}; {os.cpu_count()} CPUs")
+    NUTS["chains"] = args.nuts_chains
     fresh = []
     for target in args.targets:
         for sampler in args.samplers:
