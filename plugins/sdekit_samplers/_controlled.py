@@ -159,10 +159,9 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
         return log_w + jax.vmap(self.target.log_prob)(x) - jax.vmap(self.process.prior_log_prob)(x0)
 
     def loss(self, key: PRNGKeyArray) -> tuple[Scalar, dict[str, Scalar]]:
-        if self.loss_name == "kl":
-            log_w = self._simulate(key, self.batch, detach=False).log_weights
-        else:
-            log_w = self._simulate(key, self.batch, detach=True, noise=1 + self.exploration).log_weights
+        # exploration is 0 for "kl" (checked at composition): on-policy, reparameterised
+        detach = self.loss_name == "log-variance"
+        log_w = self._simulate(key, self.batch, detach, noise=1 + self.exploration).log_weights
         elbo = jnp.mean(log_w)
         loss = -elbo if self.loss_name == "kl" else jnp.var(log_w)
         log_Z = jax.nn.logsumexp(log_w) - jnp.log(self.batch)
