@@ -210,18 +210,21 @@ def run(sampler_name: str, target_name: str, seed: int, steps: int, train_iters:
     )
     target = sampler.target
     key = jax.random.key(seed)
-    trained, history = sdekit.train(sampler, jax.random.fold_in(key, 0), progress=False)
-    t0 = time.perf_counter()
-    samples = jax.block_until_ready(trained.sample(jax.random.fold_in(key, 1), n))
-    sample_seconds = time.perf_counter() - t0
     result = {
         "sampler": sampler_name, "target": target_name, "seed": seed, "steps": steps,
         "variant": variant(loss, exploration), "loss": loss, "exploration": exploration,
-        "train_iters": spec["train_iters"], "batch": sampler.batch,
-        "train_seconds": float(history["train_seconds"]), "sample_seconds": sample_seconds,
-        "n": n, "true_log_Z": target.log_Z,
+        "train_iters": spec["train_iters"], "batch": sampler.batch, "n": n,
+        "true_log_Z": target.log_Z,
     }
     result["target_evaluations"] = controlled_evaluations(result)
+    try:
+        trained, history = sdekit.train(sampler, jax.random.fold_in(key, 0), progress=False)
+    except sdekit.TrainingDiverged as e:  # a row of its own: the table counts it
+        return {**result, "diverged": str(e)}
+    t0 = time.perf_counter()
+    samples = jax.block_until_ready(trained.sample(jax.random.fold_in(key, 1), n))
+    result["sample_seconds"] = time.perf_counter() - t0
+    result["train_seconds"] = float(history["train_seconds"])
     log_w = samples.log_weights
     result["log_Z"] = float(sdekit.log_Z_estimate(log_w))
     result["log_Z_error"] = result["log_Z"] - target.log_Z
@@ -249,7 +252,8 @@ def table(results: list[dict]) -> str:
             r = {**r, "target_evaluations": controlled_evaluations(r)}
         name = r["sampler"] if r["sampler"] not in TRAINED else f"{r['sampler']} {row_key(r)[3]}"
         groups.setdefault((r["target"], name), []).append(r)
-    lines = [f"{'target':<14}{'sampler':<14}{'seeds':>6}" + "".join(f" {c:>24}" for c in cols)]
+    lines = [f"{'target':<14}{'sampler':<14}{'seeds':>6}{'diverged':>9}"
+             + "".join(f" {c:>24}" for c in cols)]
     for (target, sampler), rows in sorted(groups.items()):
         cells = []
         for c in cols:
@@ -260,7 +264,9 @@ def table(results: list[dict]) -> str:
                 cells.append(f"{np.nanmedian(v):.3g}")
             else:
                 cells.append(f"{np.nanmedian(v):.3f} [{np.nanmin(v):.3f},{np.nanmax(v):.3f}]")
-        lines.append(f"{target:<14}{sampler:<14}{len(rows):>6}" + "".join(f" {c:>24}" for c in cells))
+        diverged = sum("diverged" in r for r in rows)
+        lines.append(f"{target:<14}{sampler:<14}{len(rows):>6}{diverged:>9}"
+                     + "".join(f" {c:>24}" for c in cells))
     return "\n".join(lines)
 
 
@@ -321,10 +327,13 @@ def row_key(r: dict) -> tuple:
 
 
 def save(path: Path, stored: list[dict], row: dict) -> list[dict]:
-    """`stored` with `row` replacing the row of the same key, written atomically to `path`."""
+    """The stored rows (re-read from `path`, which another run may have extended since) with
+    `row` replacing the row of the same key, written atomically to `path`."""
+    if path.exists():
+        stored = json.loads(path.read_text())
     rows = [r for r in stored if row_key(r) != row_key(row)] + [row]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(rows, indent=1))
     os.replace(tmp, path)
     return rows

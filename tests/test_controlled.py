@@ -189,3 +189,22 @@ def test_bad_options_are_clear_errors():
         sdekit.compose("gaussian", {"name": "pis", "loss": "log-variance", "exploration": -1})
     with pytest.raises(sdekit.CompositionError, match="batch must be"):
         sdekit.compose("gaussian", {"name": "pis", "batch": 1})
+
+
+@pytest.mark.parametrize("name", ["pis-grad", "mlp"])
+def test_networks_split_first_layer_is_the_concatenated_mlp(name):
+    """The controllers apply their first layer as W_x x + (W_e emb + b) (the time part once
+    per time under vmap); it must be the MLP of the concatenated input, trained or not."""
+    from plugins.sdekit_controllers._networks import _state_time_mlp
+
+    sampler = sdekit.compose("funnel", "pis", controller=name)
+    net = sampler.controller.state_net if name == "pis-grad" else sampler.controller.net
+    # random last layer: the zero-initialised one would hide errors in the first
+    last = jax.random.normal(jax.random.key(1), net.layers[-1].weight.shape)
+    net = eqx.tree_at(lambda m: m.layers[-1].weight, net, last)
+    x = 3 * jax.random.normal(jax.random.key(2), (5, 10))
+    emb = sampler.controller.time(0.3)
+    split = jax.vmap(_state_time_mlp, in_axes=(None, 0, None))(net, x, emb)
+    whole = jax.vmap(lambda xi: net(jnp.concatenate([xi, emb])))(x)
+    assert float(jnp.max(jnp.abs(whole))) > 0.1
+    np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-5)
