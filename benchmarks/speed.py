@@ -87,7 +87,13 @@ class FloorNet(eqx.Module):
     def __call__(self, t, x, score):
         omega = jnp.linspace(0.1, 100.0, self.features)
         emb = jnp.concatenate([jnp.sin(omega * t), jnp.cos(omega * t)])
-        u = self.state_net(jnp.concatenate([x, emb])) + self.time_net(emb) * jnp.clip(score, -100, 100)
+        # first layer split as W_x x + (W_e emb + b), as sdekit's controllers do: the time
+        # part is then computed once per time step, not per particle
+        first, *rest = self.state_net.layers
+        h = first.weight[:, : x.shape[0]] @ x + (first.weight[:, x.shape[0] :] @ emb + first.bias)
+        for layer in rest:
+            h = layer(jax.nn.gelu(h))
+        u = h + self.time_net(emb) * jnp.clip(score, -100, 100)
         return jnp.clip(u, -1e4, 1e4)
 
 
