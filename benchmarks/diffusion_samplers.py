@@ -147,27 +147,35 @@ def run_training_free(sampler_name: str, target_name: str, seed: int, n: int, bu
         **pilot,
     }
     result.update({k: float(v) for k, v in stats.items() if k != "target_evaluations"})
-    log_w = samples.log_weights
+    result.update(evaluate(key, target, sampler, samples))
+    if sampler_name == "smc":  # equal weights carrying log Ẑ: no ELBO; the smallest step ESS
+        del result["elbo"]
+        result["ess"] = float(stats["min_ess"])
+    return result
+
+
+def evaluate(key, target, sampler, samples) -> dict:
+    """log Ẑ and its error, ELBO, ESS (when `samples` are weighted), the `sample-quality`
+    metrics, and the EUBO (when the target has exact samples and `sampler` backward weights)."""
+    out = {}
+    log_w, n = samples.log_weights, samples.x.shape[0]
     if log_w is not None:
-        result["log_Z"] = float(sdekit.log_Z_estimate(log_w))
-        result["log_Z_error"] = result["log_Z"] - target.log_Z
-        result["n_nonfinite_weights"] = int(jnp.sum(~jnp.isfinite(log_w)))
-        if sampler_name == "smc":  # equal weights carrying log Ẑ: report the smallest step ESS
-            result["ess"] = float(stats["min_ess"])
-        else:
-            result["elbo"] = float(jnp.mean(log_w))
-            result["ess"] = float(jnp.exp(2 * jax.nn.logsumexp(log_w) - jax.nn.logsumexp(2 * log_w)) / n)
+        out["log_Z"] = float(sdekit.log_Z_estimate(log_w))
+        out["log_Z_error"] = out["log_Z"] - target.log_Z
+        out["n_nonfinite_weights"] = int(jnp.sum(~jnp.isfinite(log_w)))
+        out["elbo"] = float(jnp.mean(log_w))
+        out["ess"] = float(jnp.exp(2 * jax.nn.logsumexp(log_w) - jax.nn.logsumexp(2 * log_w)) / n)
     try:
         values = sdekit.create("diagnostic", "sample-quality")(
             jax.random.fold_in(key, 2), target=target, sampler=sampler, samples=samples
         )
-        result.update({k: float(v) for k, v in values.items() if np.ndim(v) == 0})
+        out.update({k: float(v) for k, v in values.items() if np.ndim(v) == 0})
     except Exception as e:  # noqa: BLE001 - keep the sampling result
-        result["sample_quality_error"] = f"{type(e).__name__}: {e}"
-    if sampler_name == "follmer" and target.has_exact_samples:
+        out["sample_quality_error"] = f"{type(e).__name__}: {e}"
+    if target.has_exact_samples and hasattr(sampler, "backward_log_weights"):
         x = target.sample(jax.random.fold_in(key, 3), n)
-        result["eubo"] = float(jnp.mean(sampler.backward_log_weights(jax.random.fold_in(key, 4), x)))
-    return result
+        out["eubo"] = float(jnp.mean(sampler.backward_log_weights(jax.random.fold_in(key, 4), x)))
+    return out
 
 
 def memory_report(n: int = 10_000, draws: int = 1000, dim: int = 10) -> list[dict]:
@@ -229,21 +237,7 @@ def run(sampler_name: str, target_name: str, seed: int, steps: int, train_iters:
     samples = jax.block_until_ready(trained.sample(jax.random.fold_in(key, 1), n))
     result["sample_seconds"] = time.perf_counter() - t0
     result["train_seconds"] = float(history["train_seconds"])
-    log_w = samples.log_weights
-    result["log_Z"] = float(sdekit.log_Z_estimate(log_w))
-    result["log_Z_error"] = result["log_Z"] - target.log_Z
-    result["elbo"] = float(jnp.mean(log_w))
-    result["ess"] = float(jnp.exp(2 * jax.nn.logsumexp(log_w) - jax.nn.logsumexp(2 * log_w)) / n)
-    try:
-        values = sdekit.create("diagnostic", "sample-quality")(
-            jax.random.fold_in(key, 2), target=target, sampler=trained, samples=samples
-        )
-        result.update({k: float(v) for k, v in values.items() if np.ndim(v) == 0})
-    except Exception as e:  # noqa: BLE001 - keep the training result
-        result["sample_quality_error"] = f"{type(e).__name__}: {e}"
-    if target.has_exact_samples:
-        x = target.sample(jax.random.fold_in(key, 3), n)
-        result["eubo"] = float(jnp.mean(trained.backward_log_weights(jax.random.fold_in(key, 4), x)))
+    result.update(evaluate(key, target, trained, samples))
     return result
 
 
