@@ -195,7 +195,7 @@ def test_bad_options_are_clear_errors():
 def test_networks_split_first_layer_is_the_concatenated_mlp(name):
     """The controllers apply their first layer as W_x x + (W_e emb + b) (the time part once
     per time under vmap); it must be the MLP of the concatenated input, trained or not."""
-    from plugins.sdekit_controllers._networks import _state_time_mlp
+    from sdekit_controllers._networks import _state_time_mlp
 
     sampler = sdekit.compose("funnel", "pis", controller=name)
     net = sampler.controller.state_net if name == "pis-grad" else sampler.controller.net
