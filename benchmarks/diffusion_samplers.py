@@ -293,9 +293,8 @@ def main() -> None:
                         help="Print the compiled peak memory of the MC drift (N=10^4, M=10^3, d=10).")
     args = parser.parse_args()
 
-    stored = json.loads(args.out.read_text()) if args.out.exists() else []
     if args.table:
-        print(table(stored))
+        print(table(json.loads(args.out.read_text()) if args.out.exists() else []))
         return
     if args.memory:
         for row in memory_report():
@@ -317,7 +316,7 @@ def main() -> None:
                 fresh.append(r)
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                   for k, v in r.items()}), flush=True)
-                stored = save(args.out, stored, r)
+                save(args.out, r)
     print(table(fresh))
 
 
@@ -326,17 +325,15 @@ def row_key(r: dict) -> tuple:
     return r["sampler"], r["target"], r["seed"], r.get("variant", "kl" if r["sampler"] in TRAINED else "")
 
 
-def save(path: Path, stored: list[dict], row: dict) -> list[dict]:
-    """The stored rows (re-read from `path`, which another run may have extended since) with
-    `row` replacing the row of the same key, written atomically to `path`."""
-    if path.exists():
-        stored = json.loads(path.read_text())
+def save(path: Path, row: dict) -> None:
+    """Write the rows stored at `path` (re-read: another run may have added some) with `row`
+    replacing the row of the same key, atomically."""
+    stored = json.loads(path.read_text()) if path.exists() else []
     rows = [r for r in stored if row_key(r) != row_key(row)] + [row]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(rows, indent=1))
     os.replace(tmp, path)
-    return rows
 
 if __name__ == "__main__":
     main()
