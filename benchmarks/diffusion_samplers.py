@@ -226,7 +226,7 @@ def run(sampler_name: str, target_name: str, seed: int, steps: int, train_iters:
         "sampler": sampler_name, "target": target_name, "seed": seed, "steps": steps,
         "variant": variant(loss, exploration), "loss": loss, "exploration": exploration,
         "train_iters": spec["train_iters"], "batch": sampler.batch, "n": n,
-        "true_log_Z": target.log_Z,
+        "control_scale": sampler.control_scale, "true_log_Z": target.log_Z,
     }
     result["target_evaluations"] = controlled_evaluations(result)
     try:

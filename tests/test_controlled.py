@@ -78,6 +78,39 @@ def test_pis_with_the_exact_follmer_drift_becomes_exact_as_steps_grow():
     assert abs(log_Z - 1.5) < 5 * std / np.sqrt(n) + 1e-4
 
 
+class ScaledFollmer(AbstractController):
+    r"""The output $m = \sigma^2 u^*$ for pbm with noise scale σ: $X = \sigma Y$ with $Y$ the
+    σ = 1 process for the target rescaled by $1/\sigma$, so $u^*(t, x) = u_1(t, x/\sigma)/\sigma$."""
+
+    inner: FollmerGaussian
+    sigma: float
+
+    def __call__(self, t, x):
+        return self.sigma * self.inner(t, x / self.sigma)
+
+
+def test_the_controller_predicts_the_correction_in_the_references_units():
+    # pbm with sigma = 2: the exact control, given as m = sigma^2 u* (the default
+    # control_scale is the process's sigma), makes the weights exact; read as u
+    # (control_scale=1) it is four times too strong
+    target = sdekit.create("target", "gaussian", dim=2, scale=0.7, log_Z=1.5)
+    control = ScaledFollmer(FollmerGaussian(target.mean / 2, 0.35), 2.0)
+    process = {"name": "pbm", "sigma": 2.0}
+    spreads = []
+    for steps in (128, 512, 2048):
+        spec = {"name": "pis", "steps": steps}
+        sampler = sdekit.compose(target, spec, process=process, controller=control)
+        log_w = sampler.sample(jax.random.key(0), 4000).log_weights
+        spreads.append(float(jnp.std(log_w)))
+    assert sampler.control_scale == 2.0
+    assert spreads[0] > spreads[1] > spreads[2]
+    assert ess(log_w) > 0.99
+    assert abs(float(sdekit.log_Z_estimate(log_w)) - 1.5) < 5 * spreads[2] / np.sqrt(4000) + 1e-4
+    spec = {"name": "pis", "steps": 2048, "control_scale": 1.0}
+    unscaled = sdekit.compose(target, spec, process=process, controller=control)
+    assert ess(unscaled.sample(jax.random.key(0), 4000).log_weights) < 0.5
+
+
 def _girsanov_log_weights(key, control, target, steps, n):
     """PIS's continuous-time Girsanov weight along Euler–Maruyama paths from X_0 = 0:
     log γ(X_T) - log N(X_T; 0, T) - Σ ½|u|² Δt - Σ u·ΔW (σ = 1, T = 1)."""
@@ -189,6 +222,9 @@ def test_bad_options_are_clear_errors():
         sdekit.compose("gaussian", {"name": "pis", "loss": "log-variance", "exploration": -1})
     with pytest.raises(sdekit.CompositionError, match="batch must be"):
         sdekit.compose("gaussian", {"name": "pis", "batch": 1})
+    for bad in (0.0, -1.0, float("nan"), "2", [1.0, 2.0]):
+        with pytest.raises(sdekit.CompositionError, match="control_scale must be a positive number"):
+            sdekit.compose("gaussian", {"name": "dds", "control_scale": bad})
 
 
 @pytest.mark.parametrize("name", ["pis-grad", "mlp"])

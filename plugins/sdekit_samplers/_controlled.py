@@ -32,8 +32,13 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
     $-f(t, x) + g(t)^2 (s_\text{ref}(t, x) + u_\theta(t, x))$, where
     $s_\text{ref}(t, x) = -x / \sigma_\text{ref}(t)^2$ is the score of the process started
     from its reference law (so $u_\theta = 0$ is the uncontrolled reference process) and
-    $u_\theta$ is the controller. `integrator="euler"` takes an Euler–Maruyama step;
-    `"exponential"` (VP processes) integrates the linear part exactly, as DDS does:
+    $u_\theta = m_\theta / c^2$ with $m_\theta$ the controller's output and $c$ the
+    `control_scale` (default: the process's `sigma`). The controller thus predicts the
+    correction in the reference's units, as the DDS code does ($g^2 u_\theta = \beta m_\theta$
+    for vp), and a wide reference does not multiply each change of the network by
+    $\sigma^2$ (with $c = 1$, `dds` and `dis` blow up on gmm40 at σ = 20). `integrator="euler"`
+    takes an Euler–Maruyama step; `"exponential"` (VP processes) integrates the linear part
+    exactly, as DDS does:
     $x_k = a x_{k-1} + 2\sigma^2(1-a)u_\theta + \sigma\sqrt{1-a^2}\,\varepsilon$.
 
     The backward kernels $B_k$ are the process's Gaussian transitions, so the log-weight
@@ -72,6 +77,7 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
     remat: bool = eqx.field(static=True, default=False)
     devices: int | None = eqx.field(static=True, default=None)
     exploration: float = eqx.field(static=True, default=0.0)
+    control_scale: float = eqx.field(static=True, default=1.0)
 
     def trainable(self):
         """Only the controller is trained (never the target it may hold)."""
@@ -80,7 +86,7 @@ class ControlledSDE(AbstractSampler, AbstractTrainable):
 
     def kernel(self, t_a, t_b, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], Scalar]:
         """Mean and std of the forward kernel from process time `t_a` to `t_b < t_a`."""
-        u = self.controller(t_a, x)
+        u = self.controller(t_a, x) / self.control_scale**2
         if self.integrator == "exponential":
             a, std = self.process.transition(t_b, t_a)
             var = self.process.reference_std(t_a) ** 2
@@ -253,6 +259,7 @@ def _controlled(
     remat: bool = False,
     devices: int | None = None,
     exploration: float = 0.0,
+    control_scale: float | None = None,
 ) -> ControlledSDE:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -267,6 +274,7 @@ def _controlled(
     if not isinstance(remat, bool):
         raise ValueError(f"remat must be True or False, got {remat!r}")
     _check_devices(devices, batch)
+    control_scale = _control_scale(process, control_scale)
     if integrator == "exponential":
         _check_stationary(process)
     options = TrainOptions(
@@ -275,8 +283,18 @@ def _controlled(
     ts = time_grid(process, steps, spacing)
     return ControlledSDE(
         process, controller, target, ts, options, integrator, loss, batch, remat, devices,
-        float(exploration),
+        float(exploration), control_scale,
     )
+
+
+def _control_scale(process: AbstractProcess, value: float | None) -> float:
+    """`value`, or the process's `sigma` when `None` (1 for a process without one)."""
+    if value is None:
+        value = getattr(process, "sigma", 1.0)
+    ok = not isinstance(value, (bool, str)) and np.ndim(value) == 0
+    if not (ok and math.isfinite(float(value)) and float(value) > 0):
+        raise ValueError(f"control_scale must be a positive number, got {value!r}")
+    return float(value)
 
 
 def _factory(name: str, default_process: str, integrator: str, summary: str):
@@ -296,11 +314,13 @@ def _factory(name: str, default_process: str, integrator: str, summary: str):
         remat: bool = False,
         devices: int | None = None,
         exploration: float = 0.0,
+        control_scale: float | None = None,
     ) -> ControlledSDE:
         return _controlled(
             target, process, controller, integrator=integrator, steps=steps, spacing=spacing,
             loss=loss, batch=batch, train_iters=train_iters, learning_rate=learning_rate,
             grad_clip=grad_clip, remat=remat, devices=devices, exploration=exploration,
+            control_scale=control_scale,
         )
 
     factory.__name__ = factory.__qualname__ = name
@@ -312,7 +332,8 @@ def _factory(name: str, default_process: str, integrator: str, summary: str):
     `spacing` the time grid (`"uniform"`, `"cosine"`, …). `remat=True`: training
     memory growing like sqrt(K), not K (checkpointed steps, same gradients). `devices`: shard
     the particles over that many devices (`None`: no sharding; same results either way).
-    `exploration` (log-variance only): training trajectories' noise std times 1 + exploration."""
+    `exploration` (log-variance only): training trajectories' noise std times 1 + exploration.
+    `control_scale` c: the controller's output is $c^2 u$ (`None`: the process's `sigma`)."""
     return factory
 
 
