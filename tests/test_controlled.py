@@ -111,6 +111,23 @@ def test_the_controller_predicts_the_correction_in_the_references_units():
     assert ess(unscaled.sample(jax.random.key(0), 4000).log_weights) < 0.5
 
 
+def test_training_simulates_on_train_steps_and_sampling_on_steps():
+    # the loss of a sampler with train_steps=8 is the loss on the 8-step grid (same key,
+    # same controller); sampling uses the 64-step grid, and the untrained (zero) control
+    # is exact there for the reference law
+    target = sdekit.create("target", "gaussian", dim=3, mean=[0.0, 0.0, 0.0], log_Z=1.5)
+    shifted = sdekit.create("target", "gaussian", dim=3, mean=[1.0, 0.0, 0.0], log_Z=1.5)
+    key = jax.random.key(0)
+    coarse = sdekit.compose(shifted, {"name": "dds", "steps": 8})
+    mixed = sdekit.compose(shifted, {"name": "dds", "steps": 64, "train_steps": 8})
+    fine = sdekit.compose(shifted, {"name": "dds", "steps": 64})
+    assert float(mixed.loss(key)[0]) == float(coarse.loss(key)[0]) != float(fine.loss(key)[0])
+    exact = sdekit.compose(target, {"name": "dds", "steps": 64, "train_steps": 8})
+    np.testing.assert_allclose(exact.sample(key, 1000).log_weights, 1.5, atol=2e-4)
+    with pytest.raises(sdekit.CompositionError, match="train_steps must be None or an integer >= 1"):
+        sdekit.compose(target, {"name": "dds", "train_steps": 0})
+
+
 def _girsanov_log_weights(key, control, target, steps, n):
     """PIS's continuous-time Girsanov weight along Euler–Maruyama paths from X_0 = 0:
     log γ(X_T) - log N(X_T; 0, T) - Σ ½|u|² Δt - Σ u·ΔW (σ = 1, T = 1)."""
