@@ -6,15 +6,22 @@ sampler and diagnostic comes from a plugin, first-party ones included.
 
 import importlib.metadata
 
-from ._compose import check_dims, compose, create
+from ._compose import check_dims, compose, create, resolve_part
 from ._diagnostic import AbstractDiagnostic
 from ._errors import CompositionError, PluginError, SdekitError, TargetError, UnknownNameError
 from ._log_density import LogDensity, target_from_log_prob, to_arviz
 from ._mixture import GaussianMixture
 from ._plugins import KINDS, plugin_manager, register_plugin, registry, unregister_plugin
 from ._process import AbstractProcess, gaussian_log_prob, time_grid
-from ._sampler import AbstractSampler, Samples, log_Z_estimate
-from ._score import AbstractController, AbstractScore
+from ._path import Path, backward_log_weights, gaussian_log_ratio, remat_scan, simulate, simulate_backward
+from ._sampler import (
+    AbstractDiffusionSampler,
+    AbstractPathSampler,
+    AbstractSampler,
+    Samples,
+    log_Z_estimate,
+)
+from ._score import AbstractController, AbstractDensityScore, AbstractPotentialScore, AbstractScore
 from ._target import AbstractTarget, check_target
 from ._target_spec import load_object, resolve_target
 from ._train import (
@@ -31,6 +38,17 @@ __version__ = importlib.metadata.version("sdekit")
 
 __all__ = [
     "AbstractController",
+    "AbstractDensityScore",
+    "AbstractDiffusionSampler",
+    "AbstractPathSampler",
+    "AbstractPotentialScore",
+    "Path",
+    "backward_log_weights",
+    "gaussian_log_ratio",
+    "remat_scan",
+    "resolve_part",
+    "simulate",
+    "simulate_backward",
     "AbstractDiagnostic",
     "AbstractProcess",
     "AbstractSampler",

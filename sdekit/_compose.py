@@ -50,21 +50,34 @@ def _check_options(entry: Entry, options: dict[str, Any]) -> None:
     )
 
 
+def entry(kind: str, name: str) -> Entry:
+    """The registry entry of `name`; for a target, also of a spec (`file.py:NAME`,
+    `package.module:NAME`, `numpyro:file.py:MODEL`), whose factory builds it."""
+    if kind == "target":
+        from ._target_spec import target_entry  # noqa: PLC0415 - it builds on this module
+
+        return target_entry(name)
+    return registry().get(kind, name)
+
+
 def create(kind: str, name: str, /, **options: Any) -> Any:
     """Build the part registered as `name` of `kind` (`"target"`, `"process"`, …).
 
-    `options` go to the plugin's factory; `sdekit show KIND NAME` lists them. Raises
+    `options` go to the plugin's factory; `sdekit show KIND NAME` lists them. A target may
+    also be named by a spec: `path/to/file.py:NAME`, `package.module:NAME` or
+    `numpyro:path/to/file.py:MODEL` (see `sdekit.resolve_target`). Raises
     `UnknownNameError` for a name no plugin registers, `CompositionError` for options the
     factory does not take or rejects, and `PluginError` if the factory returns something
     other than the kind's abstract base class.
 
     ```python
     vp = sdekit.create("process", "vp", schedule="cosine")
+    banana = sdekit.create("target", "examples/banana.py:log_prob", dim=2)
     ```
     """
-    entry = registry().get(kind, name)
-    _check_options(entry, options)
-    params = entry.parameters()
+    entry_ = entry(kind, name)
+    _check_options(entry_, options)
+    params = entry_.parameters()
     missing = [
         n for n, p in params.items()
         if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
@@ -73,18 +86,18 @@ def create(kind: str, name: str, /, **options: Any) -> Any:
     if missing:
         raise CompositionError(
             f"{kind} {name!r} needs {', '.join(map(repr, missing))}, which has no default; "
-            f"give it as an option (its options are: {_describe_options(entry)})"
+            f"give it as an option (its options are: {_describe_options(entry_)})"
         )
     try:
-        obj = entry.factory(**options)
+        obj = entry_.factory(**options)
     except (TypeError, ValueError) as e:
         raise CompositionError(f"{kind} {name!r}: {e}") from e
     if not isinstance(obj, _BASES[kind]):
         raise PluginError(
-            f"plugin {entry.plugin!r}: the factory of {kind} {name!r} returned a "
+            f"plugin {entry_.plugin!r}: the factory of {kind} {name!r} returned a "
             f"{type(obj).__name__}, not an {_BASES[kind].__name__}. This is a bug in the "
             f"plugin; report it to its authors, or disable it (SDEKIT_DISABLE_PLUGINS="
-            f"{entry.plugin})"
+            f"{entry_.plugin})"
         )
     return obj
 
@@ -115,20 +128,39 @@ def _check_spec(kind: str, spec: Spec) -> None:
     """The checks of a part that need not build it: its type, name and option names."""
     if isinstance(spec, (str, dict)):
         name, options = _name_and_options(kind, spec)
-        _check_options(registry().get(kind, name), options)
+        _check_options(entry(kind, name), options)
     else:
         _check_object(kind, spec)
 
 
-def _resolve(kind: str, spec: Spec, parts: dict[str, Any]) -> Any:
-    """Build a part from a name or a dict, passing it the composed parts it takes."""
-    if not isinstance(spec, (str, dict)):
+def resolve_part(kind: str, spec: Spec, /, **parts: Any) -> Any:
+    """The part `spec` describes: a registered name (or target spec), a
+    `{"name": ..., **options}` dict, or an object of the kind's base class (returned as is).
+
+    The one place where parts are parsed: `compose` and every factory that takes parts
+    call it, so a factory works on its own (`pis(target="funnel")`). `parts` are the parts
+    already built (`target`, `process`, …); those the factory takes are passed to it.
+    A target is checked with `check_target`; a score or controller, when a target is
+    among `parts`, with `check_dims`.
+
+    ```python
+    process = sdekit.resolve_part("process", process)          # "vp", {...} or an object
+    score = sdekit.resolve_part("score", "exact", target=target, process=process)
+    ```
+    """
+    if isinstance(spec, (str, dict)):
+        name, options = _name_and_options(kind, spec)
+        params = entry(kind, name).parameters()
+        injected = {k: v for k, v in parts.items() if k in params and k not in options}
+        obj = create(kind, name, **injected, **options)
+    else:
         _check_object(kind, spec)
-        return spec
-    name, options = _name_and_options(kind, spec)
-    params = registry().get(kind, name).parameters()
-    injected = {k: v for k, v in parts.items() if k in params and k not in options}
-    return create(kind, name, **injected, **options)
+        obj = spec
+    if kind == "target":
+        check_target(obj)
+    elif kind in ("score", "controller") and isinstance(parts.get("target"), AbstractTarget):
+        check_dims(obj, parts["target"].dim, kind)
+    return obj
 
 
 def compose(
@@ -177,15 +209,8 @@ def compose(
     parts: dict[str, Any] = {}
     for kind in takes:
         spec = given[kind] if given[kind] is not None else params[kind].default
-        if spec is None:
-            continue
-        parts[kind] = _resolve(kind, spec, parts)
-        if kind == "target":
-            check_target(parts["target"])
-    if "target" in parts:
-        for kind in ("score", "controller"):
-            if kind in parts:
-                check_dims(parts[kind], parts["target"].dim, kind)
+        if spec is not None:
+            parts[kind] = resolve_part(kind, spec, **parts)
     return create("sampler", sampler_name, **parts, **sampler_options)
 
 

@@ -110,7 +110,8 @@ class Registry:
 
 
 def check_registration(kind: str, name: Any, factory: Any, plugin: str) -> None:
-    """Raise `PluginError` unless `name` is a non-empty string and `factory` a callable."""
+    """Raise `PluginError` unless `name` is a non-empty string and `factory` a callable
+    that is not an abstract class (one with abstract methods or attributes left)."""
     if not isinstance(name, str) or not name.strip():
         raise PluginError(
             f"plugin {plugin!r} registered a {kind} under the invalid name {name!r}; "
@@ -122,6 +123,23 @@ def check_registration(kind: str, name: Any, factory: Any, plugin: str) -> None:
             f"({factory!r}); a factory must be callable (a class or a function that builds "
             f"the {kind})"
         )
+    missing = _abstract_members(factory)
+    if missing:
+        raise PluginError(
+            f"plugin {plugin!r} registered {kind} {name!r} as the abstract class "
+            f"{factory.__name__}, which cannot be built: it does not define "
+            f"{', '.join(missing)}. Implement them (see the {kind}'s base class and "
+            f"sdekit.testing.check_{kind})"
+        )
+
+
+def _abstract_members(factory: Any) -> list[str]:
+    """The abstract methods and `eqx.AbstractVar` attributes a class leaves undefined."""
+    if not inspect.isclass(factory):
+        return []
+    names = set(getattr(factory, "__abstractmethods__", ()))
+    names |= set(getattr(factory, "__abstractvars__", ()))
+    return sorted(names)
 
 
 def _conflict_message(kind: str, name: str, plugins: list[str]) -> str:

@@ -1,9 +1,14 @@
 import abc
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._process import AbstractProcess
+from ._score import AbstractScore
+from ._target import AbstractTarget
 
 
 class Samples(eqx.Module):
@@ -26,6 +31,43 @@ class AbstractSampler(eqx.Module):
 
     @abc.abstractmethod
     def sample(self, key: PRNGKeyArray, n: int) -> Samples:
+        ...
+
+    def sample_with_stats(self, key: PRNGKeyArray, n: int) -> tuple[Samples, dict[str, Any]]:
+        """`sample(key, n)` and named statistics of the run (e.g. `target_evaluations`).
+
+        The default has none; samplers that count their cost or adapt override it.
+        """
+        return self.sample(key, n), {}
+
+
+class AbstractDiffusionSampler(AbstractSampler):
+    """A sampler that simulates a generative process driven by a score.
+
+    Declares its parts, so that diagnostics can examine them: the forward `process`, the
+    `score` of its marginals, and the `target` (`None` for a score model without one).
+    The Fokker–Planck diagnostics take any sampler of this kind.
+    """
+
+    process: eqx.AbstractVar[AbstractProcess]
+    score: eqx.AbstractVar[AbstractScore]
+    target: eqx.AbstractVar[AbstractTarget | None]
+
+    @abc.abstractmethod
+    def sample_from(self, key: PRNGKeyArray, x0: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        """Run the generative dynamics from given prior draws `x0` (no log-weights)."""
+
+
+class AbstractPathSampler(AbstractSampler):
+    r"""A sampler whose samples end discrete trajectories with exact log-weights.
+
+    It can also run its backward kernels from given points: `backward_log_weights(key, x)`
+    are the log-weights of trajectories started at `x` (target samples) and run
+    backwards; their mean is the EUBO, an upper bound on $\log Z$.
+    """
+
+    @abc.abstractmethod
+    def backward_log_weights(self, key: PRNGKeyArray, x: Float[Array, "n d"]) -> Float[Array, " n"]:
         ...
 
 

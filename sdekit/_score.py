@@ -1,14 +1,16 @@
 import abc
 
 import equinox as eqx
-from jaxtyping import Array, Float, ScalarLike
+from jaxtyping import Array, Float, Scalar, ScalarLike
 
 
 class AbstractScore(eqx.Module):
     r"""A time-dependent vector field $(t, x) \mapsto \mathbb R^d$ for **one** point.
 
-    Scores $s(t, x) \approx \nabla_x \log p_t(x)$ (in the forward time of a process) and
-    control drifts $u(t, x)$ (Föllmer, PIS) share this interface; callers `jax.vmap` it.
+    The one interface for every field of `(t, x)`: scores
+    $s(t, x) \approx \nabla_x \log p_t(x)$ (in the forward time of a process) and drift
+    corrections $u(t, x)$ (Föllmer, PIS); callers `jax.vmap` it. Any score can stand where
+    a drift correction is expected, and the other way round.
     """
 
     @abc.abstractmethod
@@ -16,13 +18,37 @@ class AbstractScore(eqx.Module):
         ...
 
 
-class AbstractController(eqx.Module):
-    r"""How a learned drift is parameterised in time: $u_\theta(t, x)$ for one point.
+class AbstractController(AbstractScore):
+    r"""A field whose parameters are *learned*: a neural network $u_\theta(t, x)$.
 
-    The parameters are the module's array leaves (trained with optax); a controller's
-    factory takes the dimension and a PRNG key.
+    The difference from any other `AbstractScore` is a contract, not a method: a
+    controller's factory takes the target (for its dimension and, where used,
+    $\nabla\log\gamma$) and a `seed` for its initialisation (`sdekit sample --seed`
+    derives it), and `sdekit.train` optimises its floating-point array leaves.
+    """
+
+
+class AbstractPotentialScore(AbstractScore):
+    r"""A score that is the gradient of a scalar potential: $s(t, x) = \nabla_x \phi(t, x)$.
+
+    $\phi$ is $\log p_t$ up to a constant in $x$ (the constant may depend on $t$). The
+    log-density Fokker–Planck residual needs it.
     """
 
     @abc.abstractmethod
-    def __call__(self, t: ScalarLike, x: Float[Array, " d"]) -> Float[Array, " d"]:
-        ...
+    def potential(self, t: ScalarLike, x: Float[Array, " d"]) -> Scalar:
+        r"""$\phi(t, x)$."""
+
+
+class AbstractDensityScore(AbstractPotentialScore):
+    r"""A score with its exact, normalised log-density $\log p_t(x)$ (an exact mixture score).
+
+    The density-tracking and Girsanov diagnostics use it as ground truth.
+    """
+
+    @abc.abstractmethod
+    def log_prob(self, t: ScalarLike, x: Float[Array, " d"]) -> Scalar:
+        r"""$\log p_t(x)$, normalised."""
+
+    def potential(self, t: ScalarLike, x: Float[Array, " d"]) -> Scalar:
+        return self.log_prob(t, x)

@@ -1,0 +1,229 @@
+r"""Discrete-time paths with exact importance weights: the one simulator under every sampler.
+
+A path $x_0 \to x_1 \to \dots \to x_K$ over a grid $t_0, \dots, t_K$ is drawn with Gaussian
+*forward kernels* $F_k(x_k \mid x_{k-1}) = \mathcal N(m_F(x_{k-1}), \Sigma_F)$ and scored
+against Gaussian *backward kernels* $B_k(x_{k-1} \mid x_k) = \mathcal N(m_B(x_k), \Sigma_B)$.
+With a start density $\nu$ and an end density $\gamma$ (unnormalised), the log-weight
+
+$$\log w = \log\gamma(x_K) - \log\nu(x_0) + \sum_{k=1}^K \big[\log B_k(x_{k-1}\mid x_k) - \log F_k(x_k\mid x_{k-1})\big]$$
+
+is an exact importance weight of the whole trajectory for *any* grid and any kernels:
+$\mathbb E[w] = Z$. `simulate` returns the sum (the *path log-ratio*) and the caller adds
+the two end terms, which for a segment of an annealed path are the intermediate
+densities $\log\pi_{k_1}(x_{k_1}) - \log\pi_{k_0}(x_{k_0})$: run segments one after the
+other, resampling between them, from the particles the last one returned.
+
+A kernel is a function `kernel(s, t, x) -> (mean, std)` for **one** point `x` of shape
+`(d,)` (the simulator `vmap`s it), between grid times `s = t_{k-1}` and `t = t_k`: the
+forward kernel gives the law of $x_k$ given $x_{k-1} = $ `x`, the backward kernel that of
+$x_{k-1}$ given $x_k = $ `x`. `std` is a scalar or a `(d,)` vector (a diagonal
+covariance) that must not depend on `x` (it is shared by all particles).
+
+The per-step terms are formed as one difference
+($\tfrac12(|z_F|^2 - |z_B|^2) + \sum\log(\sigma_F/\sigma_B)$; the $2\pi$ terms cancel) and
+summed from zero with compensated (Kahan) summation, so rounding does not grow with $K$.
+"""
+
+import functools
+import math
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree, ScalarLike
+
+Kernel = Callable[[ScalarLike, ScalarLike, Float[Array, " d"]], tuple[Float[Array, " d"], Array]]
+"""`kernel(s, t, x) -> (mean, std)`: a Gaussian kernel between grid times `s` and `t`."""
+
+StepStats = Callable[..., PyTree]
+"""`stats(s, t, x, x_new, log_ratio) -> pytree`: statistics of one step, for all particles."""
+
+
+class Path(eqx.Module):
+    """A batch of simulated paths.
+
+    **Fields:**
+
+    - `x`: `(n, d)` the last state of each path ($x_K$, or $x_0$ for `simulate_backward`).
+    - `x_start`: `(n, d)` the state each path started from.
+    - `log_ratio`: `(n,)` $\\sum_k \\log B_k - \\log F_k$ along each path (zeros when no
+      backward kernel was given).
+    - `stats`: what the `stats` function returned at each step, stacked on a leading
+      axis of length $K$ (in the order simulated), or `None`.
+    """
+
+    x: Float[Array, "n d"]
+    x_start: Float[Array, "n d"]
+    log_ratio: Float[Array, " n"]
+    stats: PyTree | None = None
+
+    def log_weights(
+        self,
+        log_end: Callable[[Float[Array, " d"]], Array],
+        log_start: Callable[[Float[Array, " d"]], Array],
+    ) -> Float[Array, " n"]:
+        r"""$\log\gamma(x_\text{end}) - \log\nu(x_\text{start}) + $ `log_ratio`: the exact
+        log-weights, given the end and start log-densities for one point."""
+        ends = jax.vmap(log_end)(self.x) - jax.vmap(log_start)(self.x_start)
+        return self.log_ratio + ends
+
+
+def gaussian_log_ratio(
+    x: Array, mean_b: Array, std_b: Array, y: Array, mean_f: Array, std_f: Array
+) -> Array:
+    r"""$\log\mathcal N(x; m_B, \sigma_B^2) - \log\mathcal N(y; m_F, \sigma_F^2)$, summed
+    over the last axis and formed as one difference. Stds are scalars or per-coordinate."""
+    z_b, z_f = (x - mean_b) / std_b, (y - mean_f) / std_f
+    d = x.shape[-1]
+    log_std = jnp.sum(jnp.broadcast_to(jnp.log(std_f) - jnp.log(std_b), (d,)))
+    return 0.5 * (jnp.sum(z_f**2, -1) - jnp.sum(z_b**2, -1)) + log_std
+
+
+def _kahan_add(total: tuple[Array, Array], value: Array) -> tuple[Array, Array]:
+    """Compensated summation: add `value` to `total = (sum, compensation)`."""
+    s, c = total
+    y = value - c
+    t = s + y
+    return t, (t - s) - y
+
+
+def remat_scan(step, carry, xs):
+    r"""`lax.scan(step, carry, xs)` with memory $O(\sqrt K)$ in its length $K$ for gradients.
+
+    The $K$ steps run as an outer scan over segments of $c$ steps ($c$ the divisor of $K$
+    nearest $\sqrt K$ from below); each segment and each step is a `jax.checkpoint`, so
+    the backward pass stores $K/c$ segment-start carries and recomputes one segment at a
+    time. Same values and gradients as `lax.scan`.
+    """
+    K = jax.tree.leaves(xs)[0].shape[0]
+    c = max(i for i in range(1, math.isqrt(K) + 1) if K % i == 0)
+    segments = jax.tree.map(lambda a: a.reshape(K // c, c, *a.shape[1:]), xs)
+    inner = jax.checkpoint(step, prevent_cse=False)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def segment(carry, seg):
+        return jax.lax.scan(inner, carry, seg)
+
+    carry, ys = jax.lax.scan(segment, carry, segments)
+    return carry, jax.tree.map(lambda a: a.reshape(K, *a.shape[2:]), ys)
+
+
+def _constrain(x: Array, sharding: jax.sharding.Sharding | None) -> Array:
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+def _run(step, carry, xs, remat: bool, reverse: bool = False):
+    if remat:
+        if reverse:
+            xs = jax.tree.map(lambda a: a[::-1], xs)
+        carry, ys = remat_scan(step, carry, xs)
+        return carry, (jax.tree.map(lambda a: a[::-1], ys) if reverse else ys)
+    return jax.lax.scan(step, carry, xs, reverse=reverse)
+
+
+def _per_point(kernel: Kernel):
+    return jax.vmap(kernel, in_axes=(None, None, 0), out_axes=(0, None))
+
+
+def simulate(
+    key: PRNGKeyArray,
+    x0: Float[Array, "n d"],
+    ts: Float[Array, " K+1"],
+    forward: Kernel,
+    backward: Kernel | None = None,
+    *,
+    noise: float = 1.0,
+    detach: bool = False,
+    remat: bool = False,
+    stats: StepStats | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+) -> Path:
+    r"""Simulate paths from `x0` over the grid `ts` with the forward kernels.
+
+    Each step draws $x_k = m_F(x_{k-1}) + \text{noise}\cdot\sigma_F\,\varepsilon$ and adds
+    $\log B_k(x_{k-1}\mid x_k) - \log F_k(x_k\mid x_{k-1})$ to the path log-ratio (none
+    without `backward`). With `noise = 1` the log-ratio gives exact importance weights;
+    with `noise > 1` the paths explore more widely while the log-ratio still uses $F_k$
+    (for losses, such as the log-variance, that are zero at the optimum under any law).
+
+    - `detach`: stop gradients through each new state (off-policy training).
+    - `remat`: rematerialise the steps in the backward pass, memory $O(\sqrt K)$.
+    - `stats(s, t, x, x_new, log_ratio_k)`: per-step statistics, returned stacked in
+      `Path.stats`.
+    - `sharding`: a sharding of the particle axis (applied to the states and log-ratios).
+
+    The random numbers depend only on `key` and the shapes, not on `remat` or `sharding`.
+    """
+    fwd = _per_point(forward)
+    bwd = None if backward is None else _per_point(backward)
+    x0 = _constrain(x0, sharding)
+
+    def step(carry, inputs):
+        x, total = carry
+        s, t, k = inputs
+        mean, std = fwd(s, t, x)
+        x_new = mean + (noise * std) * jax.random.normal(k, x.shape, x.dtype)
+        if detach:
+            x_new = jax.lax.stop_gradient(x_new)
+        if bwd is None:
+            increment = jnp.zeros(x.shape[0], x.dtype)
+        else:
+            mean_b, std_b = bwd(s, t, x_new)
+            increment = gaussian_log_ratio(x, mean_b, std_b, x_new, mean, std)
+        out = None if stats is None else stats(s, t, x, x_new, increment)
+        return (x_new, _kahan_add(total, increment)), out
+
+    keys = jax.random.split(key, ts.shape[0] - 1)
+    zero = _constrain(jnp.zeros(x0.shape[0], x0.dtype), sharding)
+    (x, (log_ratio, _)), out = _run(step, (x0, (zero, zero)), (ts[:-1], ts[1:], keys), remat)
+    return Path(x, x0, log_ratio, out)
+
+
+def simulate_backward(
+    key: PRNGKeyArray,
+    x: Float[Array, "n d"],
+    ts: Float[Array, " K+1"],
+    forward: Kernel,
+    backward: Kernel,
+    *,
+    remat: bool = False,
+    stats: StepStats | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+) -> Path:
+    r"""Simulate paths from end points `x` (at `ts[-1]`) back to `ts[0]` with the backward
+    kernels, and their log-ratios $\sum_k \log B_k - \log F_k$ (the same sign as `simulate`).
+
+    The returned `Path` has `x` $= x_0$ and `x_start` $= x_K$ (the given points);
+    `backward_log_weights(path, log_gamma, log_nu)` gives the log-weights, whose mean over
+    $x \sim \pi$ is the EUBO. `stats` are stacked in grid order.
+    """
+    fwd, bwd = _per_point(forward), _per_point(backward)
+    x = _constrain(x, sharding)
+
+    def step(carry, inputs):
+        y, total = carry
+        s, t, k = inputs
+        mean_b, std_b = bwd(s, t, y)
+        x_prev = mean_b + std_b * jax.random.normal(k, y.shape, y.dtype)
+        mean, std = fwd(s, t, x_prev)
+        increment = gaussian_log_ratio(x_prev, mean_b, std_b, y, mean, std)
+        out = None if stats is None else stats(s, t, x_prev, y, increment)
+        return (x_prev, _kahan_add(total, increment)), out
+
+    keys = jax.random.split(key, ts.shape[0] - 1)
+    zero = _constrain(jnp.zeros(x.shape[0], x.dtype), sharding)
+    inputs = (ts[:-1], ts[1:], keys)
+    (x0, (log_ratio, _)), out = _run(step, (x, (zero, zero)), inputs, remat, reverse=True)
+    return Path(x0, x, log_ratio, out)
+
+
+def backward_log_weights(
+    path: Path,
+    log_end: Callable[[Float[Array, " d"]], Array],
+    log_start: Callable[[Float[Array, " d"]], Array],
+) -> Float[Array, " n"]:
+    r"""The log-weights $\log\gamma(x_K) - \log\nu(x_0) + \sum_k[\log B_k - \log F_k]$ of
+    paths from `simulate_backward` (whose `x` is $x_0$ and `x_start` is $x_K$)."""
+    ends = jax.vmap(log_end)(path.x_start) - jax.vmap(log_start)(path.x)
+    return path.log_ratio + ends
