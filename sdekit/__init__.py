@@ -32,6 +32,7 @@ from ._train import (
     load_checkpoint,
     train,
 )
+from . import metrics
 from .hookspecs import hookimpl
 
 __version__ = importlib.metadata.version("sdekit")
@@ -80,6 +81,7 @@ __all__ = [
     "register_plugin",
     "registry",
     "unregister_plugin",
+    "metrics",
     "LogDensity",
     "load_object",
     "resolve_target",

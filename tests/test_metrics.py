@@ -1,4 +1,4 @@
-"""Tests of the metrics and diagnostics of the `sdekit_diagnostics` plugin.
+"""Tests of the core metrics (`sdekit.metrics`) and of the diagnostics built on them.
 
 Every check is against a ground truth (a closed form, an exact identity or inequality, or
 an exactly known configuration), with a tolerance derived from the sample size. Seeds are
@@ -14,8 +14,7 @@ import pytest
 import scipy.spatial.distance
 
 import sdekit
-
-D = pytest.importorskip("sdekit_diagnostics")
+from sdekit import metrics
 
 KEY = jax.random.PRNGKey(20240601)
 N = 400  # most tests use this many points: one compilation serves them all
@@ -40,38 +39,38 @@ def mixture_samples(mixture: sdekit.GaussianMixture, seed: int, n: int) -> np.nd
 
 
 def test_ess_equal_weights_is_one():
-    assert float(D.ess(jnp.full(N, 3.7))) == pytest.approx(1.0, rel=1e-6)
+    assert float(metrics.ess(jnp.full(N, 3.7))) == pytest.approx(1.0, rel=1e-6)
 
 
 def test_ess_one_dominating_weight_is_one_over_n():
     n = N
     lw = jnp.full(n, -1e3).at[17].set(0.0)  # the others are e^-1000 times smaller
-    assert float(D.ess(lw)) == pytest.approx(1 / n, rel=1e-6)
-    assert float(D.log_Z(lw)) == pytest.approx(-math.log(n), abs=1e-5)
+    assert float(metrics.ess(lw)) == pytest.approx(1 / n, rel=1e-6)
+    assert float(metrics.log_Z(lw)) == pytest.approx(-math.log(n), abs=1e-5)
 
 
 def test_weights_small_example():
     lw = jnp.log(jnp.array([1.0, 2.0, 3.0, 6.0]))
-    assert float(D.ess(lw)) == pytest.approx(12**2 / (4 * (1 + 4 + 9 + 36)), rel=1e-6)
-    assert float(D.log_Z(lw)) == pytest.approx(math.log(3.0), rel=1e-6)
-    assert float(D.elbo(lw)) == pytest.approx(math.log(36.0) / 4, rel=1e-6)
-    assert float(D.eubo(lw)) == float(D.elbo(lw))
+    assert float(metrics.ess(lw)) == pytest.approx(12**2 / (4 * (1 + 4 + 9 + 36)), rel=1e-6)
+    assert float(metrics.log_Z(lw)) == pytest.approx(math.log(3.0), rel=1e-6)
+    assert float(metrics.elbo(lw)) == pytest.approx(math.log(36.0) / 4, rel=1e-6)
+    assert float(metrics.eubo(lw)) == float(metrics.elbo(lw))
 
 
 def test_constant_shift_of_log_weights():
     # On a grid of 1/64 so that lw + c is exact in float32: the invariance is then exact.
     lw = jnp.asarray(np.round(128.0 * normal(0, N, 1)[:, 0]) / 64)
     for c in (-704.0, 128.5, 896.0):  # far beyond exp's float32 range: computed in log space
-        assert float(D.ess(lw + c)) == float(D.ess(lw))
-        assert float(D.log_Z(lw + c)) - float(D.log_Z(lw)) == pytest.approx(c, abs=1e-3)
-        assert float(D.elbo(lw + c)) - float(D.elbo(lw)) == pytest.approx(c, abs=1e-3)
-    assert 1 / N <= float(D.ess(lw)) <= 1
+        assert float(metrics.ess(lw + c)) == float(metrics.ess(lw))
+        assert float(metrics.log_Z(lw + c)) - float(metrics.log_Z(lw)) == pytest.approx(c, abs=1e-3)
+        assert float(metrics.elbo(lw + c)) - float(metrics.elbo(lw)) == pytest.approx(c, abs=1e-3)
+    assert 1 / N <= float(metrics.ess(lw)) <= 1
 
 
 def test_zero_weights_are_allowed():
     lw = jnp.array([0.0, -jnp.inf, 0.0, -jnp.inf])
-    assert float(D.log_Z(lw)) == pytest.approx(math.log(0.5))
-    assert float(D.ess(lw)) == pytest.approx(0.5)
+    assert float(metrics.log_Z(lw)) == pytest.approx(math.log(0.5))
+    assert float(metrics.ess(lw)) == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------------------
@@ -90,9 +89,9 @@ def test_mmd_same_law_is_near_zero():
     # with E k~^2 <= E k(x, x')^2 = E exp(-|x - x'|^2 / h^2), x - x' ~ N(0, 2I).
     ek2 = _gauss_expect(h / math.sqrt(2), 2.0, d)
     sd = math.sqrt((4 / (n * (n - 1)) + 4 / n**2) * ek2)
-    assert abs(float(D.mmd(x, y, h))) < 5 * sd
+    assert abs(float(metrics.mmd(x, y, h))) < 5 * sd
     # median heuristic bandwidth: same bound with E k~^2 <= 1
-    assert abs(float(D.mmd(x, y))) < 5 * math.sqrt(4 / (n * (n - 1)) + 4 / n**2)
+    assert abs(float(metrics.mmd(x, y))) < 5 * math.sqrt(4 / (n * (n - 1)) + 4 / n**2)
 
 
 def test_mmd_shifted_matches_closed_form():
@@ -114,42 +113,42 @@ def test_mmd_shifted_matches_closed_form():
 
     g = bump(z) - bump(z - dd)  # x = z, and by symmetry the same law for y
     var = 2 * 4 / n * np.var(g) + 8 / n**2
-    value = float(D.mmd(x, y, h))
+    value = float(metrics.mmd(x, y, h))
     assert value == pytest.approx(truth, abs=5 * math.sqrt(var))
     assert value > 10 * math.sqrt(var)  # clearly positive
 
 
 def test_mmd_symmetry_and_chunking():
     x, y = normal(7, 300), normal(8, 200, shift=1.0)
-    v = float(D.mmd(x, y, 1.3))
-    assert float(D.mmd(y, x, 1.3)) == pytest.approx(v, rel=1e-4, abs=1e-7)
-    assert float(D.mmd(x, y, 1.3, chunk_size=77)) == pytest.approx(v, rel=1e-4, abs=1e-7)
+    v = float(metrics.mmd(x, y, 1.3))
+    assert float(metrics.mmd(y, x, 1.3)) == pytest.approx(v, rel=1e-4, abs=1e-7)
+    assert float(metrics.mmd(x, y, 1.3, chunk_size=77)) == pytest.approx(v, rel=1e-4, abs=1e-7)
 
 
 def test_mmd_median_heuristic():
     x, y = normal(7, 300), normal(8, 200, shift=1.0)
     pooled = np.concatenate([np.asarray(x), np.asarray(y)]).astype(np.float64)
     h = float(np.median(scipy.spatial.distance.pdist(pooled)))
-    assert float(D.mmd(x, y)) == pytest.approx(float(D.mmd(x, y, h)), rel=1e-3)
+    assert float(metrics.mmd(x, y)) == pytest.approx(float(metrics.mmd(x, y, h)), rel=1e-3)
     # More points than max_median_points: a subsample, with or without a key.
-    v = float(D.mmd(x, y, max_median_points=200))
-    w = float(D.mmd(x, y, key=KEY, max_median_points=200))
-    assert v == pytest.approx(float(D.mmd(x, y, h)), rel=0.1)
-    assert w == pytest.approx(float(D.mmd(x, y, h)), rel=0.1)
+    v = float(metrics.mmd(x, y, max_median_points=200))
+    w = float(metrics.mmd(x, y, key=KEY, max_median_points=200))
+    assert v == pytest.approx(float(metrics.mmd(x, y, h)), rel=0.1)
+    assert w == pytest.approx(float(metrics.mmd(x, y, h)), rel=0.1)
 
 
 def test_mmd_never_forms_the_full_kernel_matrix():
     n = 1250  # pooled 2500 points, chunks of 1024 rows
     x, y = normal(9, n), normal(10, n)
-    hlo = jax.jit(D.mmd).lower(x, y, 1.0).as_text()
+    hlo = jax.jit(metrics.mmd).lower(x, y, 1.0).as_text()
     assert "2500x2500" not in hlo and "1024x2500" in hlo
 
 
 def test_mmd_rejects_bad_shapes():
     with pytest.raises(ValueError, match="at least 2"):
-        D.mmd(jnp.zeros((1, 2)), jnp.zeros((5, 2)))
+        metrics.mmd(jnp.zeros((1, 2)), jnp.zeros((5, 2)))
     with pytest.raises(ValueError, match=r"\(n, d\)"):
-        D.mmd(jnp.zeros((5, 2)), jnp.zeros((5, 3)))
+        metrics.mmd(jnp.zeros((5, 2)), jnp.zeros((5, 3)))
 
 
 # --------------------------------------------------------------------------------------
@@ -158,21 +157,21 @@ def test_mmd_rejects_bad_shapes():
 
 def test_w2_zero_at_equality_and_permutation():
     x = normal(11, 300, 3)
-    assert D.w2(x, x) == 0.0
-    assert D.w2(x, x[np.random.default_rng(0).permutation(300)]) == 0.0
+    assert metrics.w2(x, x) == 0.0
+    assert metrics.w2(x, x[np.random.default_rng(0).permutation(300)]) == 0.0
 
 
 def test_w2_one_dimension_is_sorted_matching():
     x = normal(12, 500, 1).astype(np.float64)
     y = normal(13, 500, 1, shift=0.7).astype(np.float64)
     expected = math.sqrt(np.mean((np.sort(x[:, 0]) - np.sort(y[:, 0])) ** 2))
-    assert D.w2(x, y) == pytest.approx(expected, rel=1e-9)
+    assert metrics.w2(x, y) == pytest.approx(expected, rel=1e-9)
 
 
 def test_w2_shifted_gaussians():
     n, m = 800, np.array([3.0, -1.0])
     x, y = normal(14, n).astype(np.float64), normal(15, n).astype(np.float64)
-    base, shifted = D.w2(x, y), D.w2(x, y + m)
+    base, shifted = metrics.w2(x, y), metrics.w2(x, y + m)
     # The optimal matching is translation invariant, so exactly
     # W2(x, y+m)^2 = W2(x, y)^2 + |m|^2 - 2 m.(mean x - mean y)
     expected = base**2 + m @ m - 2 * m @ (x.mean(0) - y.mean(0))
@@ -184,27 +183,27 @@ def test_w2_shifted_gaussians():
 
 def test_w2_errors():
     with pytest.raises(ValueError, match="same number"):
-        D.w2(np.zeros((5, 2)), np.zeros((6, 2)))
+        metrics.w2(np.zeros((5, 2)), np.zeros((6, 2)))
     with pytest.raises(ValueError, match="5000"):
-        D.w2(np.zeros((5001, 2)), np.zeros((5001, 2)))
-    assert math.isnan(D.w2(np.full((3, 2), np.nan), np.zeros((3, 2))))
+        metrics.w2(np.zeros((5001, 2)), np.zeros((5001, 2)))
+    assert math.isnan(metrics.w2(np.full((3, 2), np.nan), np.zeros((3, 2))))
 
 
 def test_sliced_w2():
     n, d, projections = N, 2, 128
     x = normal(16, n, d)
-    assert float(D.sliced_w2(x, x, KEY)) == 0.0
-    assert float(D.sliced_w2(x, x[::-1], KEY)) == 0.0
+    assert float(metrics.sliced_w2(x, x, KEY)) == 0.0
+    assert float(metrics.sliced_w2(x, x[::-1], KEY)) == 0.0
     # y = x + m: each direction gives (theta.m)^2, whose mean over the sphere is |m|^2/d
     # and variance |m|^4 Var(Beta(1/2, (d-1)/2)) = |m|^4 2(d-1) / (d^2 (d+2)).
     m = np.array([2.0, 1.0], np.float32)
     m2 = float(m @ m)
     sd = m2 * math.sqrt(2 * (d - 1) / (d**2 * (d + 2)) / projections)
-    value = float(D.sliced_w2(x, x + m, KEY, projections=projections))
+    value = float(metrics.sliced_w2(x, x + m, KEY, projections=projections))
     assert value**2 == pytest.approx(m2 / d, abs=5 * sd)
     # In one dimension every direction is +-1: sliced W2 is W2.
     x1, y1 = normal(17, n, 1), normal(18, n, 1, shift=0.5)
-    assert float(D.sliced_w2(x1, y1, KEY)) == pytest.approx(D.w2(x1, y1), rel=1e-4)
+    assert float(metrics.sliced_w2(x1, y1, KEY)) == pytest.approx(metrics.w2(x1, y1), rel=1e-4)
 
 
 # --------------------------------------------------------------------------------------
@@ -214,7 +213,7 @@ def test_sliced_w2():
 def test_sinkhorn_identical_clouds():
     n = N
     x = normal(19, n)
-    result = D.sinkhorn(x, x)
+    result = metrics.sinkhorn(x, x)
     assert bool(result.converged)
     eps = float(result.epsilon)
     mean_cost = float(np.mean(np.sum((x[:, None] - x[None]) ** 2, -1)))
@@ -226,17 +225,17 @@ def test_sinkhorn_identical_clouds():
 def test_sinkhorn_shifted_clouds_within_exact_bounds():
     n, m = N, np.array([2.0, 1.0], np.float32)
     x, y = normal(20, n), normal(21, n, shift=m)
-    result = D.sinkhorn(x, y)
+    result = metrics.sinkhorn(x, y)
     assert bool(result.converged)
     cost, eps = float(result.cost), float(result.epsilon)
-    exact = D.w2(x, y)
+    exact = metrics.w2(x, y)
     # W2^2 <= OT_eps <= W2^2 + eps log n, up to the dual gap left by the stopping rule
     # (marginal L1 error <= threshold) of at most threshold * max cost.
     max_cost = float(np.max(np.sum((x[:, None] - y[None]) ** 2, -1)))
     gap = 1e-3 * max_cost
     assert exact**2 - gap <= cost <= exact**2 + eps * math.log(n) + gap
     # and W2(x, y) = |m| +- W2(x, y - m) (triangle inequality), so OT_eps is about |m|^2
-    r = D.w2(x, y - m)
+    r = metrics.w2(x, y - m)
     assert (float(np.linalg.norm(m)) - r) ** 2 - gap <= cost
     assert cost <= (float(np.linalg.norm(m)) + r) ** 2 + eps * math.log(n) + gap
 
@@ -244,8 +243,8 @@ def test_sinkhorn_shifted_clouds_within_exact_bounds():
 def test_sinkhorn_translation_identity_at_fixed_epsilon():
     n, m = N, np.array([1.5, -2.0], np.float32)
     x, y = normal(22, n), normal(23, n)
-    a = D.sinkhorn(x, y, 0.05, relative_epsilon=None)
-    b = D.sinkhorn(x, y + m, 0.05, relative_epsilon=None)
+    a = metrics.sinkhorn(x, y, 0.05, relative_epsilon=None)
+    b = metrics.sinkhorn(x, y + m, 0.05, relative_epsilon=None)
     assert bool(a.converged) and bool(b.converged)
     assert float(a.epsilon) == pytest.approx(0.05) == float(b.epsilon)
     # C(x, y+m)_ij = C_ij - 2 m.(x_i - y_j) + |m|^2: the extra terms only shift the
@@ -259,8 +258,8 @@ def test_sinkhorn_translation_identity_at_fixed_epsilon():
 def test_sinkhorn_subsamples():
     x, y = normal(24, 700), normal(25, N)
     with pytest.raises(ValueError, match="key"):
-        D.sinkhorn(x, y, max_points=N)
-    result = D.sinkhorn(x, y, key=KEY, max_points=N)
+        metrics.sinkhorn(x, y, max_points=N)
+    result = metrics.sinkhorn(x, y, key=KEY, max_points=N)
     assert bool(result.converged) and 0 < float(result.cost) < 1.0
 
 
@@ -276,35 +275,35 @@ def gmm40():
 def test_mode_coverage_on_exact_gmm40_samples(gmm40):
     n, k = 4000, 40
     x = mixture_samples(gmm40.mixture, 26, n)
-    assert float(D.mode_coverage(x, gmm40.mixture)) == 1.0
-    counts = np.asarray(D.mode_counts(x, gmm40.mixture))
+    assert float(metrics.mode_coverage(x, gmm40.mixture)) == 1.0
+    counts = np.asarray(metrics.mode_counts(x, gmm40.mixture))
     assert counts.sum() == n
     # For uniform occupancy log K - H(p_hat) ~ chi2_{K-1} / (2n); its 1 - 1e-6 quantile is
     # below 100 for K - 1 = 39.
-    assert 1 - float(D.emc(x, gmm40.mixture)) < 100 / (2 * n) / math.log(k)
+    assert 1 - float(metrics.emc(x, gmm40.mixture)) < 100 / (2 * n) / math.log(k)
 
 
 def test_mode_coverage_one_mode_and_half_the_modes(gmm40):
     means = gmm40.mixture.means
     one = means[3] + 0.1 * normal(27)
-    assert float(D.mode_coverage(one, gmm40.mixture)) == pytest.approx(1 / 40)
-    assert float(D.emc(one, gmm40.mixture)) == pytest.approx(0.0, abs=1e-6)
+    assert float(metrics.mode_coverage(one, gmm40.mixture)) == pytest.approx(1 / 40)
+    assert float(metrics.emc(one, gmm40.mixture)) == pytest.approx(0.0, abs=1e-6)
     half = jnp.repeat(means[:20], N // 20, axis=0)  # N / 20 points exactly on each of 20 means
-    assert float(D.mode_coverage(half, gmm40.mixture)) == pytest.approx(0.5)
-    assert float(D.emc(half, gmm40.mixture)) == pytest.approx(math.log(20) / math.log(40), rel=1e-5)
+    assert float(metrics.mode_coverage(half, gmm40.mixture)) == pytest.approx(0.5)
+    assert float(metrics.emc(half, gmm40.mixture)) == pytest.approx(math.log(20) / math.log(40), rel=1e-5)
 
 
 def test_mode_coverage_threshold_and_nonfinite(gmm40):
     means = np.asarray(gmm40.mixture.means)
     # 400 samples: 392 on mode 0, 5 on mode 1 (>= 1% = 4), 3 on mode 2 (< 4)
     x = np.repeat(means[:3], [392, 5, 3], axis=0)
-    assert float(D.mode_coverage(x, gmm40.mixture)) == pytest.approx(2 / 40)
-    assert float(D.mode_coverage(x, gmm40.mixture, threshold=0.005)) == pytest.approx(3 / 40)
+    assert float(metrics.mode_coverage(x, gmm40.mixture)) == pytest.approx(2 / 40)
+    assert float(metrics.mode_coverage(x, gmm40.mixture, threshold=0.005)) == pytest.approx(3 / 40)
     # Non-finite samples count in n but go to no component: with 200 NaN rows, 192 / 3 / 5
     # finite ones, 1% of n = 400 is 4 and mode 1 is not covered (it would be with n = 200).
     y = np.concatenate([np.repeat(means[:3], [192, 3, 5], axis=0), np.full((200, 2), np.nan)])
-    assert float(D.mode_counts(y, gmm40.mixture).sum()) == 200
-    assert float(D.mode_coverage(y, gmm40.mixture)) == pytest.approx(2 / 40)
+    assert float(metrics.mode_counts(y, gmm40.mixture).sum()) == 200
+    assert float(metrics.mode_coverage(y, gmm40.mixture)) == pytest.approx(2 / 40)
 
 
 # --------------------------------------------------------------------------------------
@@ -365,7 +364,7 @@ def test_sample_quality_diagnostic(gmm40):
     with_nan = np.concatenate([exact, np.full((n, 2), np.nan)])
     out2 = diag(KEY, target=gmm40, samples=sdekit.Samples(with_nan))
     assert np.isfinite(out2["mmd"]) and np.isfinite(out2["sinkhorn"])
-    counts = np.asarray(D.mode_counts(exact, gmm40.mixture))
+    counts = np.asarray(metrics.mode_counts(exact, gmm40.mixture))
     assert out2["mode_coverage"] == np.mean(counts >= 0.01 * 2 * n)  # n doubled by the NaNs
 
 
@@ -394,3 +393,9 @@ def test_w2_diagnostic():
     # (the same key gives the same subsample and reference points)
     assert abs(far["w2"] - 3 * math.sqrt(2)) <= good["w2"] + 1e-6
     assert good["w2"] < 0.5 and good["sliced_w2"] < 0.5 < far["sliced_w2"]
+
+
+def test_the_diagnostics_plugin_re_exports_the_core_metrics():
+    diagnostics = pytest.importorskip("sdekit_diagnostics")
+    for name in metrics.__all__:
+        assert getattr(diagnostics, name) is getattr(metrics, name), name

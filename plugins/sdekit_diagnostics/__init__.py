@@ -1,14 +1,14 @@
-"""Diagnostics: `weights`, `sample-quality` and `w2`, and the metric functions behind them.
+"""Diagnostics: `weights`, `sample-quality` and `w2`.
 
-The metrics (`log_Z`, `elbo`, `eubo`, `ess`, `mmd`, `sinkhorn`, `w2`, `sliced_w2`,
-`mode_coverage`, `emc`) are those of section 4 of the design brief; all but `w2` are pure,
-`jax.jit`-able functions and are importable from here.
+The metric functions behind them (`log_Z`, `elbo`, `eubo`, `ess`, `mmd`, `sinkhorn`, `w2`,
+`sliced_w2`, `mode_coverage`, `emc`) live in the core, `sdekit.metrics`; the names
+re-exported here are those same functions.
 """
 
 import sdekit
 
 from ._diagnostics import W2, SampleQuality, Weights
-from ._metrics import (
+from sdekit.metrics import (
     W2_MAX_POINTS,
     SinkhornResult,
     elbo,

@@ -12,7 +12,7 @@ from jaxtyping import PRNGKeyArray
 
 from sdekit import AbstractDiagnostic, AbstractSampler, AbstractTarget, Samples
 
-from ._metrics import elbo, emc, ess, eubo, log_Z, mmd, mode_coverage, sinkhorn, sliced_w2, w2
+from sdekit.metrics import elbo, emc, ess, eubo, log_Z, mmd, mode_coverage, sinkhorn, sliced_w2, w2
 
 
 def _finite_rows(x: np.ndarray) -> np.ndarray:

@@ -173,7 +173,7 @@ def ode_sde_gap(
     standard errors of zero. Non-finite rows are dropped and counted
     (`n_nonfinite_ode`, `n_nonfinite_sde`).
     """
-    from sdekit_diagnostics import mmd, sliced_w2, w2
+    from sdekit.metrics import mmd, sliced_w2, w2
 
     _check_count(n=(n, 2), w2_points=(w2_points, 2), batches=(batches, 2))
     if w2_points > W2_MAX:

@@ -1,5 +1,8 @@
 r"""Metrics: pure functions of samples, log-weights and (where needed) a `GaussianMixture`.
 
+The one implementation every diagnostic, plugin and benchmark shares:
+`import sdekit.metrics` or `from sdekit.metrics import mmd`.
+
 Everything here is `jax.jit`-able except `w2`, which solves an assignment problem on the
 host with scipy. Sample sizes, chunk sizes and point caps are static (they fix shapes).
 
@@ -26,10 +29,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
-from sdekit import GaussianMixture, log_Z_estimate
+from ._mixture import GaussianMixture
+from ._sampler import log_Z_estimate
 
 __all__ = [
     "W2_MAX_POINTS", "SinkhornResult", "elbo", "emc", "ess", "eubo", "log_Z", "mmd",
@@ -336,6 +339,8 @@ def w2(x: Float[ArrayLike, "n d"], y: Float[ArrayLike, "n d"]) -> float:
         return math.nan
     cost = np.sum(x**2, 1)[:, None] + np.sum(y**2, 1)[None, :] - 2 * x @ y.T
     cost = np.maximum(cost, 0.0)
+    import scipy.optimize  # only a run that asks for w2 pays for importing it
+
     rows, cols = scipy.optimize.linear_sum_assignment(cost)
     return float(np.sqrt(np.mean(np.sum((x[rows] - y[cols]) ** 2, axis=1))))
 
