@@ -1,5 +1,5 @@
-"""R1.2 (seed 001): the ODE–SDE gap of a DSM-trained potential net, and closing it with the
-log-density Fokker–Planck residual as a regulariser.
+"""The ODE–SDE gap of a DSM-trained potential net, and closing it with the log-density
+Fokker–Planck residual as a regulariser (REPRODUCTIONS.md R1.2).
 
 Protocol (REPRODUCTIONS.md R1.2): blob data; OU `dX = -X dt + dW` (vp with beta = 2,
 sigma = 1/sqrt(2)) with T = 5; potential MLP 3x64 Softplus on x and a time embedding
@@ -16,14 +16,14 @@ of samples with a coordinate |x_i| > 4.
 Pass: at w_R = 0, W2(ODE, SDE) >= 1.3 x floor; at w_R = 1, W2(ODE, SDE) <= 1.1 x floor and
 >= 30% below the w_R = 0 value; escaped mass < 5%.
 
-    python benchmarks/r1_2_ode_sde_gap.py --seeds 0 1 2 --tag full   # the protocol's budget
-    python benchmarks/r1_2_ode_sde_gap.py --seeds 0 1 2 --steps 6000 --batch 512 \
+    python benchmarks/ode_sde_gap.py --seeds 0 1 2 --tag full   # the protocol's budget
+    python benchmarks/ode_sde_gap.py --seeds 0 1 2 --steps 6000 --batch 512 \
         --schedule cosine --tag lr1e-2                                  # the reduced budget
-    python benchmarks/r1_2_ode_sde_gap.py --seeds 0 --weights 0.01 0.1 --steps 6000 \
+    python benchmarks/ode_sde_gap.py --seeds 0 --weights 0.01 0.1 --steps 6000 \
         --batch 512 --schedule cosine --tag lr1e-2_wsweep
 
-writes benchmarks/results/r1_2_ode_sde_gap[_TAG].{json,png}. (The defaults are the
-protocol's budget; on a shared 2-core CPU the reduced runs took ~5 min a seed.)
+writes benchmarks/results/ode_sde_gap[_TAG].{json,png}. The defaults are the protocol's
+budget; on a shared 2-core CPU a reduced run takes about 5 min a seed.
 """
 
 import argparse
@@ -180,8 +180,8 @@ def main() -> None:
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0])
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--lr", type=float, default=1e-2,
-                   help="peak Adam learning rate; at 1e-3 or 3e-3 (cosine decay, batch 512) "
-                        "the potential net had not learned the modes after 3000 steps")
+                   help="peak Adam learning rate (1e-3 and 3e-3, with cosine decay at batch 512, "
+                        "leave the modes unlearned after 3000 steps)")
     p.add_argument("--schedule", choices=("step", "cosine"), default="step",
                    help="step decay (the protocol's) or cosine decay to 10%% of --lr")
     p.add_argument("--decay-at", type=float, nargs="+", default=[0.5, 0.75],
@@ -213,7 +213,7 @@ def main() -> None:
         result["verdict"] = verdict(rows)
         print(json.dumps(result["verdict"], indent=1))
     RESULTS.mkdir(exist_ok=True)
-    stem = "r1_2_ode_sde_gap" + (f"_{args.tag}" if args.tag else "")
+    stem = "ode_sde_gap" + (f"_{args.tag}" if args.tag else "")
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, RESULTS / f"{stem}.png")
     print(f"wrote {RESULTS / stem}.json and .png")

@@ -1,12 +1,12 @@
-"""R0.1 (seeds 000/003): regularisation by noise, 1-d, non-Lipschitz drift.
+"""Regularisation by noise (REPRODUCTIONS.md R0.1): 1-d, non-Lipschitz drift, SDE against ODE.
 
-    python benchmarks/r0_1_noise_regularisation.py
+    python benchmarks/noise_regularisation.py
 
 Reference `∂_t ρ = ∂_x(sign(x) ρ) + ∂²_x ρ` on [−8, 8], ρ_0 = N(1.5, 0.5²), up to t = 2.
 Width-1 drifts `b_k(x) = −tanh(k x)`, k ∈ {1, 4, 16, 64}. SDE densities by the finite-volume
 solver (3200 cells, dt = 1e-3, Scharfetter–Gummel, implicit Euler); ODE densities by
 characteristics, `sinh(k x_t) = sinh(k x_0) e^{−k t}`, plus the log-Jacobian. Prints the
-table, writes `benchmarks/results/r0_1.json` and `r0_1.png`.
+table, writes `benchmarks/results/noise_regularisation.json` and `noise_regularisation.png`.
 
 Pass (REPRODUCTIONS.md): the SDE's L2 error to the sign-drift solution decreases
 monotonically in k and is < 1e-2 at k = 16; the ODE's W2 to the k = ∞ ODE solution
@@ -155,9 +155,9 @@ def main() -> None:
         )
     print("checks:", result["checks"], "claim held:", result["claim_held"])
     RESULTS.mkdir(exist_ok=True)
-    _plot(result, RESULTS / "r0_1.png")
+    _plot(result, RESULTS / "noise_regularisation.png")
     out = {k: v for k, v in result.items() if not k.startswith("_")}
-    (RESULTS / "r0_1.json").write_text(json.dumps(out, indent=2))
+    (RESULTS / "noise_regularisation.json").write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

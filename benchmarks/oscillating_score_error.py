@@ -1,6 +1,6 @@
-"""R0.2 (seeds 000/003): score-based sampling with a score error small in L2 but large in Lipschitz constant.
+"""A score error small in L2 but large in Lipschitz constant (REPRODUCTIONS.md R0.2): SDE against ODE sampling.
 
-    python benchmarks/r0_2_uniform_score_error.py
+    python benchmarks/oscillating_score_error.py
 
 Data π = U[−1, 1]. OU `dX = −X dt + √2 dW` (`vp` with β ≡ 2), T = 6, t_min = 1e-3, exact
 score of p_t in closed form (erf). Imperfect score s + ε sin(ω x), ε = 0.5,
@@ -10,7 +10,7 @@ grid of prior points; in 1-d the flow is monotone, so ∫q², ∫qp are expectat
 the prior). L2 error to p_{t_min}.
 
 Pass: SDE error ≤ 0.2 and non-increasing in ω; ODE error ≥ 10× the SDE error for every ω.
-Prints the table; writes `benchmarks/results/r0_2.json` and `r0_2.png`.
+Prints the table; writes `benchmarks/results/oscillating_score_error.json` and `oscillating_score_error.png`.
 """
 
 import json
@@ -158,8 +158,8 @@ def main():
         print(f"{r['omega']:6g}{r['sde_l2']:12.4g}{r['ode_log10_l2']:14.4g}")
     print("checks:", result["checks"], "claim held:", result["claim_held"])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "r0_2.json").write_text(json.dumps(result, indent=2))
-    _plot(result, RESULTS / "r0_2.png")
+    (RESULTS / "oscillating_score_error.json").write_text(json.dumps(result, indent=2))
+    _plot(result, RESULTS / "oscillating_score_error.png")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""R0.3 (seeds 000/003): limited-width controllability in 2-d, trained through the finite-volume solver.
+"""Limited-width controllability in 2-d (REPRODUCTIONS.md R0.3), trained through the finite-volume solver.
 
-    python benchmarks/r0_3_limited_width.py [--steps 400]
+    python benchmarks/limited_width_control.py [--steps 400]
 
 Neural SDE `dX = W(t) tanh(A(t) X + b(t)) dt + √2 dB`, width 2 (= d): the repository's
 `limited-width` controller (piecewise constant on K ∈ {1, 4, 16} equal pieces of [0, 1]).
@@ -12,7 +12,7 @@ N((1.5, 1.5), 0.25 I). Both densities by the finite-volume solver on a 64² grid
 `sdekit.train` (Adam) by differentiating through the solver.
 
 Pass (aim): the relative L2 tracking error decreases with K, < 0.1 at K = 16.
-Prints the table; writes `benchmarks/results/r0_3.json` and `r0_3.png`.
+Prints the table; writes `benchmarks/results/limited_width_control.json` and `limited_width_control.png`.
 """
 
 import argparse
@@ -121,8 +121,8 @@ def main():
         print(f"{r['pieces']:4d}{r['initial_relative_l2']:10.4f}{r['relative_l2']:10.4f}")
     print("checks:", result["checks"], "claim held:", result["claim_held"])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "r0_3.json").write_text(json.dumps(result, indent=2))
-    _plot(result, RESULTS / "r0_3.png")
+    (RESULTS / "limited_width_control.json").write_text(json.dumps(result, indent=2))
+    _plot(result, RESULTS / "limited_width_control.png")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""R2.3 (seed 002): smoothing (VP) versus pinning (PBM) at equal budget, as the dimension grows.
+"""Smoothing (VP) versus pinning (PBM) at equal budget, as the dimension grows (REPRODUCTIONS.md R2.3).
 
-    python benchmarks/r2_3_smoothing_vs_pinning.py                 # the full grid (see below)
-    python benchmarks/r2_3_smoothing_vs_pinning.py --dims 2 5 10 20 50 --seeds 0 --steps 2000
-    python benchmarks/r2_3_smoothing_vs_pinning.py --half samplers --dims 2 10 --train-iters 300
-    python benchmarks/r2_3_smoothing_vs_pinning.py --table         # the stored results
+    python benchmarks/smoothing_vs_pinning.py                 # the full grid (see below)
+    python benchmarks/smoothing_vs_pinning.py --dims 2 5 10 20 50 --seeds 0 --steps 2000
+    python benchmarks/smoothing_vs_pinning.py --half samplers --dims 2 10 --train-iters 300
+    python benchmarks/smoothing_vs_pinning.py --table         # the stored results
 
 Two halves, each on funnel-d and a 10-component isotropic Gaussian mixture in d dimensions
 (means uniform in [-5, 5]^d, variances uniform in [0.2, 1], one fixed draw), for d in `--dims`:
@@ -28,7 +28,7 @@ other than 1 are labelled `pbm-s<sigma>` and stored beside those with sigma 1.
 The full grid of REPRODUCTIONS.md (3 seeds, both halves, d up to 50, networks 2x128, several
 thousand steps) is the default; it is far beyond a shared 2-core CPU, so the stored results
 state the reduced budget they were run at (`config` of each row). Results are merged into
-`benchmarks/results/r2_3_smoothing_vs_pinning.json` keyed by (half, target, d, process,
+`benchmarks/results/smoothing_vs_pinning.json` keyed by (half, target, d, process,
 seed); the PNG is redrawn from all stored rows.
 """
 
@@ -45,7 +45,7 @@ import sdekit
 from sdekit_diagnostics import mmd, sliced_w2
 
 RESULTS = Path(__file__).parent / "results"
-NAME = "r2_3_smoothing_vs_pinning"
+NAME = "smoothing_vs_pinning"
 TARGETS = ("funnel", "gmm10")
 HALVES = ("dsm", "samplers")
 #: process -> (sampler of the `samplers` half, process options besides sigma)
@@ -230,7 +230,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.set_xlabel("d")
             ax.set_title(f"{target}: {'MMD²' if metric == 'mmd' else 'sliced W2'}")
             ax.legend(fontsize=8)
-    fig.suptitle("R2.3: smoothing (VP) vs pinning (PBM), equal network and budget (min..max over seeds)")
+    fig.suptitle("Smoothing (VP) vs pinning (PBM), equal network and budget (min..max over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,6 +1,6 @@
-"""R2.1 (seed 002): exactness of the mixture scores for VP and PBM, and sample quality within the noise floor.
+"""Exact mixture scores for VP and PBM against Monte Carlo, and sample quality within the noise floor (REPRODUCTIONS.md R2.1).
 
-    python benchmarks/r2_1_exactness.py [--quick]
+    python benchmarks/exact_mixture_scores.py [--quick]
 
 1. Drifts: on a 10-component 2-d mixture, the exact PBM (Föllmer) control
    u = s_exact + x / (σ²(T − t)) against the Monte-Carlo Föllmer drift (`follmer` score of
@@ -15,7 +15,7 @@
 3. funnel-10 has no exact score: the Monte-Carlo Föllmer sampler (`follmer`) stands in;
    MMD² against the floor is reported (not a pass criterion of the exact part).
 
-Prints the tables; writes `benchmarks/results/r2_1.json` and `r2_1.png`.
+Prints the tables; writes `benchmarks/results/exact_mixture_scores.json` and `exact_mixture_scores.png`.
 """
 
 import argparse
@@ -168,8 +168,8 @@ def main():
     print(f"funnel-10 follmer: MMD² {f['mmd']:.3g} vs floor {f['mmd_floor_rms']:.3g}, log Z error {f['log_Z_error']:.3f}")
     print("checks:", result["checks"], "claim held:", result["claim_held"])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "r2_1.json").write_text(json.dumps(result, indent=2))
-    _plot(result, RESULTS / "r2_1.png")
+    (RESULTS / "exact_mixture_scores.json").write_text(json.dumps(result, indent=2))
+    _plot(result, RESULTS / "exact_mixture_scores.png")
 
 
 if __name__ == "__main__":

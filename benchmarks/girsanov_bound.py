@@ -1,6 +1,6 @@
-"""R2.2 (seed 002): the Girsanov bound for VP and PBM, 1-d three-mode mixture.
+"""The Girsanov bound against the actual KL for VP and PBM, 1-d three-mode mixture (REPRODUCTIONS.md R2.2).
 
-    python benchmarks/r2_2_girsanov_bound.py
+    python benchmarks/girsanov_bound.py
 
 The exact mixture score perturbed by ε sin(ω x), ε ∈ {0, 0.1, 0.3} (ε = 0: the grid's own
 error), ω = 2. The model q is the reverse SDE's density at t_min, solved on a grid by the
@@ -12,7 +12,7 @@ prior N(0, σ²(T − t)) at the default t_max = T(1 − 1e-6)); its prior term 
 but not zero, and is included.
 
 Pass: KL(p_{t_min} ‖ q) ≤ bound for VP and PBM at both ε > 0, and bound ≤ 5 × KL.
-Prints the table; writes `benchmarks/results/r2_2.json` and `r2_2.png`.
+Prints the table; writes `benchmarks/results/girsanov_bound.json` and `girsanov_bound.png`.
 """
 
 import json
@@ -113,8 +113,8 @@ def main():
               f"{r['girsanov_bound']:12.4g}{r['girsanov_bound_se']:10.2g}{r['kl_prior']:10.2g}{r['bound_over_kl']:10.3g}")
     print("checks:", result["checks"], "claim held:", result["claim_held"])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "r2_2.json").write_text(json.dumps(result, indent=2))
-    _plot(result, RESULTS / "r2_2.png")
+    (RESULTS / "girsanov_bound.json").write_text(json.dumps(result, indent=2))
+    _plot(result, RESULTS / "girsanov_bound.png")
 
 
 if __name__ == "__main__":

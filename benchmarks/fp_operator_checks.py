@@ -1,6 +1,6 @@
-"""R1.1 (seed 001): operator checks on a 2-d Gaussian mixture under OU, VP and VE.
+"""Fokker–Planck operator checks on a 2-d Gaussian mixture under OU, VP and VE (REPRODUCTIONS.md R1.1).
 
-    python benchmarks/r1_1_operator_checks.py
+    python benchmarks/fp_operator_checks.py
 
 For each process, with the exact mixture marginals (float64):
 - the log-FP residual of the analytic log p_t, relative to the size of its terms (< 1e-6);
@@ -10,7 +10,7 @@ For each process, with the exact mixture marginals (float64):
 - exact-score PF-ODE and reverse-SDE samples: W2(ODE, SDE) ≤ 1.1 × the noise floor
   W2(SDE, SDE'), and the batched excess of the gap over the floor within 2 standard errors.
 
-Prints the table; writes `benchmarks/results/r1_1.json` and `r1_1.png`.
+Prints the table; writes `benchmarks/results/fp_operator_checks.json` and `fp_operator_checks.png`.
 """
 
 import json
@@ -26,7 +26,7 @@ from sdekit_fokker_planck import fp_residual, noised_points, ode_sde_gap
 
 RESULTS = Path(__file__).parent / "results"
 PROCESSES = {
-    "ou": ("vp", {"beta_min": 2.0, "beta_max": 2.0, "sigma": 2**-0.5, "T": 10.0}),  # dX = -X dt + dW (seed 001)
+    "ou": ("vp", {"beta_min": 2.0, "beta_max": 2.0, "sigma": 2**-0.5, "T": 10.0}),  # dX = -X dt + dW
     "vp": ("vp", {}),
     "ve": ("ve", {"sigma_max": 20.0}),
 }
@@ -147,8 +147,8 @@ def main() -> None:
         print(name, row["checks"])
     print("claim held:", result["claim_held"])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "r1_1.json").write_text(json.dumps(result, indent=2))
-    _plot(result, RESULTS / "r1_1.png")
+    (RESULTS / "fp_operator_checks.json").write_text(json.dumps(result, indent=2))
+    _plot(result, RESULTS / "fp_operator_checks.png")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""R1.3 (seed 001, FP-Diffusion form): the score Fokker–Planck residual as a diagnostic of a
-DSM-trained model, and fine-tuning with it as a regulariser.
+"""The score Fokker–Planck residual as a diagnostic of a DSM-trained model, and fine-tuning
+with it as a regulariser (REPRODUCTIONS.md R1.3, in the FP-Diffusion form).
 
 Set-up: the blob data set as its exact Gaussian mixture (`gmm` target: 9 components, means
 0.65 (+-2, +-2), (0, 0), (+-4, 0), (0, +-4), covariance 0.2 * 0.65^2 I), so the exact score
@@ -17,11 +17,11 @@ Pass: the DSM-trained model's residual is >= 10x the exact score's (float32) in 
 smallest-t bin; fine-tuning lowers the weighted residual >= 3x (against the control
 fine-tuned for as long without it) while the DSM loss rises by <= 10%.
 
-    python benchmarks/r1_3_score_fp_residual.py --seed 1 --weights 1 10 100
+    python benchmarks/score_fp_residual.py --seed 1 --weights 1 10 100
 
-stores the seed's result in benchmarks/results/r1_3_score_fp_residual.json (`seeds`, merged
+stores the seed's result in benchmarks/results/score_fp_residual.json (`seeds`, merged
 with the seeds already there) with `all_seeds`: whether each claim holds on every stored
-seed; the figure is r1_3_score_fp_residual.png for seed 0, ..._seed{N}.png for others.
+seed; the figure is score_fp_residual.png for seed 0, ..._seed{N}.png for others.
 """
 
 import argparse
@@ -151,22 +151,17 @@ def main() -> None:
     print(json.dumps(verdict, indent=1))
     RESULTS.mkdir(exist_ok=True)
     out = merge(load(), {"protocol": vars(args), "bins": BINS, "rows": rows, "verdict": verdict})
-    (RESULTS / "r1_3_score_fp_residual.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / "score_fp_residual.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out["all_seeds"], indent=1))
-    plot(rows, RESULTS / "r1_3_score_fp_residual.png" if args.seed == 0
-         else RESULTS / f"r1_3_score_fp_residual_seed{args.seed}.png")
-    print(f"wrote {RESULTS}/r1_3_score_fp_residual.json and the PNG of seed {args.seed}")
+    plot(rows, RESULTS / "score_fp_residual.png" if args.seed == 0
+         else RESULTS / f"score_fp_residual_seed{args.seed}.png")
+    print(f"wrote {RESULTS}/score_fp_residual.json and the PNG of seed {args.seed}")
 
 
 def load() -> dict:
-    """The stored results as `{"seeds": {seed: result}}` (an older single-seed file is seed `protocol.seed`)."""
-    path = RESULTS / "r1_3_score_fp_residual.json"
-    if not path.exists():
-        return {"seeds": {}}
-    stored = json.loads(path.read_text())
-    if "seeds" in stored:
-        return stored
-    return {"seeds": {str(stored["protocol"]["seed"]): stored}}
+    """The stored results, `{"seeds": {seed: result}, "all_seeds": ...}` (no seeds when there is no file)."""
+    path = RESULTS / "score_fp_residual.json"
+    return json.loads(path.read_text()) if path.exists() else {"seeds": {}}
 
 
 def merge(stored: dict, result: dict) -> dict:
