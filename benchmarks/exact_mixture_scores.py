@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sdekit
-from sdekit_diagnostics import mmd
+from sdekit.metrics import mmd
 from sdekit_fokker_planck import noised_points
 
 RESULTS = Path(__file__).parent / "results"
@@ -154,8 +154,10 @@ def _plot(result, path):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    result = run(parser.parse_args().quick)
+    parser.add_argument("--quick", action="store_true", help="fewer draws, points and samples")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    args = parser.parse_args()
+    result = run(args.quick)
     print("drift vs Monte Carlo:")
     for k, v in result["drifts"].items():
         print(f"  {k:4} {v['monte_carlo']:9} M={v['draws']}: median rel err {v['median_relative_error']:.4g}, "
@@ -167,9 +169,9 @@ def main():
     f = result["funnel"]
     print(f"funnel-10 follmer: MMD² {f['mmd']:.3g} vs floor {f['mmd_floor_rms']:.3g}, log Z error {f['log_Z_error']:.3f}")
     print("checks:", result["checks"], "claim held:", result["claim_held"])
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "exact_mixture_scores.json").write_text(json.dumps(result, indent=2))
-    _plot(result, RESULTS / "exact_mixture_scores.png")
+    args.out.mkdir(exist_ok=True, parents=True)
+    (args.out / "exact_mixture_scores.json").write_text(json.dumps(result, indent=2))
+    _plot(result, args.out / "exact_mixture_scores.png")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=0.03)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args()
     with jax.enable_x64(True):
         result = run(args.steps, args.lr)
@@ -120,9 +121,9 @@ def main():
     for r in result["rows"]:
         print(f"{r['pieces']:4d}{r['initial_relative_l2']:10.4f}{r['relative_l2']:10.4f}")
     print("checks:", result["checks"], "claim held:", result["claim_held"])
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "limited_width_control.json").write_text(json.dumps(result, indent=2))
-    _plot(result, RESULTS / "limited_width_control.png")
+    args.out.mkdir(exist_ok=True, parents=True)
+    (args.out / "limited_width_control.json").write_text(json.dumps(result, indent=2))
+    _plot(result, args.out / "limited_width_control.png")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ w_R in {0, 1}; Adam for 4000 steps at batch 2048 with step decay (`--schedule st
 learning rate multiplied by `--decay-factor` at each fraction `--decay-at` of the run;
 `--schedule cosine` is `sdekit.TrainOptions`' cosine decay to 10%), gradient norm clipped
 at 1 (the `TrainOptions` default); 3000 samples; reverse SDE with 400 Euler steps on a quadratic time grid,
-PF-ODE with tsit5 (adaptive, rtol = atol = 1e-5); exact W2 (`sdekit_diagnostics.w2`);
+PF-ODE with tsit5 (adaptive, rtol = atol = 1e-5); exact W2 (`sdekit.metrics.w2`);
 noise floor = W2 between two independent reverse-SDE sample sets; escaped mass = fraction
 of samples with a coordinate |x_i| > 4.
 
@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 import sdekit
-from sdekit_diagnostics import w2
+from sdekit.metrics import w2
 from sdekit_score_models import dataset, sample_ode, sample_sde, score_matching, score_network
 
 RESULTS = Path(__file__).parent / "results"
@@ -194,6 +194,7 @@ def main() -> None:
     p.add_argument("--n-data", type=int, default=20_000)
     p.add_argument("--time-features", type=int, default=8)
     p.add_argument("--tag", default="")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = p.parse_args()
     rows = []
     header = ("seed", "w_R", "W2(ODE,data)", "W2(SDE,data)", "W2(ODE,SDE)", "floor", "gap/floor",
@@ -207,16 +208,16 @@ def main() -> None:
                     r["noise_floor"], r["gap_over_floor"], r["escaped_ode"], r["escaped_sde"],
                     r["dsm_held_out"], r["fp_residual_held_out"], r["train_seconds"])
             print("  ".join(f"{v:>12.4g}" for v in vals), flush=True)
-    result = {"protocol": vars(args), "rows": [{k: v for k, v in r.items() if k != "_samples"}
+    result = {"protocol": {k: v for k, v in vars(args).items() if k != "out"}, "rows": [{k: v for k, v in r.items() if k != "_samples"}
                                                 for r in rows]}
     if set(args.weights) >= {0.0, 1.0}:
         result["verdict"] = verdict(rows)
         print(json.dumps(result["verdict"], indent=1))
-    RESULTS.mkdir(exist_ok=True)
+    args.out.mkdir(exist_ok=True, parents=True)
     stem = "ode_sde_gap" + (f"_{args.tag}" if args.tag else "")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, RESULTS / f"{stem}.png")
-    print(f"wrote {RESULTS / stem}.json and .png")
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(rows, args.out / f"{stem}.png")
+    print(f"wrote {args.out / stem}.json and .png")
 
 
 if __name__ == "__main__":

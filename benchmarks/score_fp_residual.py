@@ -90,6 +90,7 @@ def main() -> None:
     p.add_argument("--fp-batch", type=int, default=128)
     p.add_argument("--weights", type=float, nargs="+", default=[0.1, 1.0])
     p.add_argument("--sigma-power", type=float, default=6.0)
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = p.parse_args()
     target, process, exact = setup()
     keys = dict(zip(("data", "init", "train", "tune", "eval", "res", "held"),
@@ -149,18 +150,18 @@ def main() -> None:
         if v["residual_reduction_vs_control"] >= 3 and v["dsm_rise_vs_control"] <= 0.10
     ]
     print(json.dumps(verdict, indent=1))
-    RESULTS.mkdir(exist_ok=True)
-    out = merge(load(), {"protocol": vars(args), "bins": BINS, "rows": rows, "verdict": verdict})
-    (RESULTS / "score_fp_residual.json").write_text(json.dumps(out, indent=2) + "\n")
+    args.out.mkdir(exist_ok=True, parents=True)
+    protocol = {k: v for k, v in vars(args).items() if k != "out"}
+    out = merge(load(args.out), {"protocol": protocol, "bins": BINS, "rows": rows, "verdict": verdict})
+    (args.out / "score_fp_residual.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out["all_seeds"], indent=1))
-    plot(rows, RESULTS / "score_fp_residual.png" if args.seed == 0
-         else RESULTS / f"score_fp_residual_seed{args.seed}.png")
-    print(f"wrote {RESULTS}/score_fp_residual.json and the PNG of seed {args.seed}")
+    plot(rows, args.out / ("score_fp_residual.png" if args.seed == 0 else f"score_fp_residual_seed{args.seed}.png"))
+    print(f"wrote {args.out}/score_fp_residual.json and the PNG of seed {args.seed}")
 
 
-def load() -> dict:
-    """The stored results, `{"seeds": {seed: result}, "all_seeds": ...}` (no seeds when there is no file)."""
-    path = RESULTS / "score_fp_residual.json"
+def load(folder: Path = RESULTS) -> dict:
+    """The results stored in `folder`, `{"seeds": {seed: result}, "all_seeds": ...}` (no seeds when there is none)."""
+    path = folder / "score_fp_residual.json"
     return json.loads(path.read_text()) if path.exists() else {"seeds": {}}
 
 

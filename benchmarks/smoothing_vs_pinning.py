@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sdekit
-from sdekit_diagnostics import mmd, sliced_w2
+from sdekit.metrics import mmd, sliced_w2
 
 RESULTS = Path(__file__).parent / "results"
 NAME = "smoothing_vs_pinning"
