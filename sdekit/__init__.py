@@ -13,7 +13,16 @@ from ._log_density import LogDensity, target_from_log_prob, to_arviz
 from ._mixture import GaussianMixture
 from ._plugins import KINDS, plugin_manager, register_plugin, registry, unregister_plugin
 from ._process import AbstractProcess, gaussian_log_prob, time_grid
-from ._path import Path, backward_log_weights, gaussian_log_ratio, remat_scan, simulate, simulate_backward
+from ._path import (
+    Kernel,
+    Path,
+    StepStats,
+    backward_log_weights,
+    gaussian_log_ratio,
+    remat_scan,
+    simulate,
+    simulate_backward,
+)
 from ._sampler import (
     AbstractDiffusionSampler,
     AbstractPathSampler,
@@ -32,18 +41,35 @@ from ._train import (
     load_checkpoint,
     train,
 )
-from . import metrics
+from . import io, metrics
+from ._config import ConfigError, check_section, derive_seed, load_config, parse_set, resolve_config
+from ._run import Run, RunError, RunWarning, diagnose, load_run, run
 from .hookspecs import hookimpl
 
 __version__ = importlib.metadata.version("sdekit")
 
 __all__ = [
+    "ConfigError",
+    "Run",
+    "RunError",
+    "RunWarning",
+    "check_section",
+    "derive_seed",
+    "diagnose",
+    "io",
+    "load_config",
+    "load_run",
+    "parse_set",
+    "resolve_config",
+    "run",
     "AbstractController",
     "AbstractDensityScore",
     "AbstractDiffusionSampler",
     "AbstractPathSampler",
     "AbstractPotentialScore",
+    "Kernel",
     "Path",
+    "StepStats",
     "backward_log_weights",
     "gaussian_log_ratio",
     "remat_scan",

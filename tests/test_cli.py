@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sdekit
-from sdekit import _io
-from sdekit import cli as cli_module
+from sdekit import _config as config_module
+from sdekit import _run as run_module
+from sdekit import io as sio
 from sdekit.cli import cli
 
 PLUGIN = "sdekit-test-fake"
@@ -205,7 +206,7 @@ class HijackPlugin:
 @pytest.fixture
 def fake(monkeypatch):
     sdekit.register_plugin(FakePlugin(), PLUGIN)
-    monkeypatch.setattr(cli_module, "DEFAULT_DIAGNOSTICS",
+    monkeypatch.setattr(run_module, "DEFAULT_DIAGNOSTICS",
                         ("fake-diag", "fake-broken-diag", "not-registered"))
     yield
     sdekit.unregister_plugin(PLUGIN)
@@ -374,9 +375,9 @@ def test_sample_writes_everything(runner, fake, tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(cli, [*FAST, "--seed", "3", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == sorted(cli_module.OUTPUT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(run_module.OUTPUT_FILES)
 
-    arrays = _io.load_npz(out / "samples.npz")
+    arrays = sio.load_npz(out / "samples.npz")
     assert set(arrays) == {"x", "log_weights"}
     assert arrays["x"].shape == (64, 2) and arrays["log_weights"].shape == (64,)
 
@@ -416,7 +417,7 @@ def test_config_round_trip_is_bit_identical(runner, fake, tmp_path):
     result = runner.invoke(cli, ["sample", "--config", str(first / "config.toml"),
                                  "--out", str(second)])
     assert result.exit_code == 0, result.output
-    a, b = _io.load_npz(first / "samples.npz"), _io.load_npz(second / "samples.npz")
+    a, b = sio.load_npz(first / "samples.npz"), sio.load_npz(second / "samples.npz")
     assert a["x"].shape == (64, 3)
     np.testing.assert_array_equal(a["x"], b["x"])
     np.testing.assert_array_equal(a["log_weights"], b["log_weights"])
@@ -473,7 +474,7 @@ def test_missing_log_weights_are_omitted(runner, fake, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(cli, [*FAST, "--set", "sampler.weights=false", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert set(_io.load_npz(out / "samples.npz")) == {"x"}
+    assert set(sio.load_npz(out / "samples.npz")) == {"x"}
     assert json.loads((out / "metrics.json").read_text())["has_log_weights"] is False
 
 
@@ -481,7 +482,7 @@ def test_nonfinite_samples_are_counted_not_dropped(runner, fake, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(cli, [*FAST, "--set", "sampler.nonfinite=5", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert _io.load_npz(out / "samples.npz")["x"].shape == (64, 2)
+    assert sio.load_npz(out / "samples.npz")["x"].shape == (64, 2)
     assert json.loads((out / "metrics.json").read_text())["n_nonfinite"] == 5
     assert "5 of 64 samples are not finite" in result.stderr
 
@@ -564,14 +565,14 @@ def test_unwritable_out(runner, fake, tmp_path):
 
 
 def test_failed_write_leaves_no_directory(runner, fake, tmp_path, monkeypatch):
-    real = _io.atomic_write
+    real = sio.atomic_write
 
     def failing(path, data):
         if Path(path).name == "metrics.json":
             raise OSError(28, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(_io, "atomic_write", failing)
+    monkeypatch.setattr(sio, "atomic_write", failing)
     out = tmp_path / "new" / "out"
     one_line_error(runner.invoke(cli, [*FAST, "--out", str(out)]), "No space left")
     assert not out.exists()
@@ -580,9 +581,9 @@ def test_failed_write_leaves_no_directory(runner, fake, tmp_path, monkeypatch):
 def test_rerun_replaces_files(runner, fake, tmp_path):
     out = tmp_path / "out"
     assert runner.invoke(cli, [*FAST, "--out", str(out)]).exit_code == 0
-    first = _io.load_npz(out / "samples.npz")["x"]
+    first = sio.load_npz(out / "samples.npz")["x"]
     assert runner.invoke(cli, [*FAST, "--seed", "1", "--out", str(out)]).exit_code == 0
-    second = _io.load_npz(out / "samples.npz")["x"]
+    second = sio.load_npz(out / "samples.npz")["x"]
     assert not np.array_equal(first, second)
     assert tomllib.loads((out / "config.toml").read_text())["seed"] == 1
 
@@ -592,31 +593,31 @@ def test_rerun_replaces_files(runner, fake, tmp_path):
 
 
 def test_parse_set():
-    assert cli_module.parse_set("sampler.steps=100") == ("sampler", "steps", 100)
-    assert cli_module.parse_set("process.schedule=cosine") == ("process", "schedule", "cosine")
-    assert cli_module.parse_set('target.label="1"') == ("target", "label", "1")
-    assert cli_module.parse_set("target.mean=[1, 2.5]") == ("target", "mean", [1, 2.5])
-    assert cli_module.parse_set("sampler.exact=true") == ("sampler", "exact", True)
-    assert cli_module.parse_set("process.beta_max=1e-3") == ("process", "beta_max", 1e-3)
-    assert cli_module.parse_set("score.x=a=b") == ("score", "x", "a=b")
+    assert sdekit.parse_set("sampler.steps=100") == ("sampler", "steps", 100)
+    assert sdekit.parse_set("process.schedule=cosine") == ("process", "schedule", "cosine")
+    assert sdekit.parse_set('target.label="1"') == ("target", "label", "1")
+    assert sdekit.parse_set("target.mean=[1, 2.5]") == ("target", "mean", [1, 2.5])
+    assert sdekit.parse_set("sampler.exact=true") == ("sampler", "exact", True)
+    assert sdekit.parse_set("process.beta_max=1e-3") == ("process", "beta_max", 1e-3)
+    assert sdekit.parse_set("score.x=a=b") == ("score", "x", "a=b")
 
 
 def test_atomic_write(tmp_path):
     path = tmp_path / "f.json"
-    _io.atomic_write(path, "one")
-    _io.atomic_write(path, b"two")
+    sio.atomic_write(path, "one")
+    sio.atomic_write(path, b"two")
     assert path.read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     with pytest.raises(OSError):
-        _io.atomic_write(tmp_path / "missing-dir" / "f", "x")
+        sio.atomic_write(tmp_path / "missing-dir" / "f", "x")
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
 def test_json_is_strict():
-    text = _io.json_dumps({"a": np.float32(1.5), "b": float("inf"), "c": jnp.arange(2),
+    text = sio.json_dumps({"a": np.float32(1.5), "b": float("inf"), "c": jnp.arange(2),
                            "d": np.int64(3), "e": True})
     assert json.loads(text) == {"a": 1.5, "b": None, "c": [0.0, 1.0], "d": 3.0, "e": True}
     assert "Infinity" not in text and "NaN" not in text
@@ -693,7 +694,7 @@ def test_builtin_default_config(runner):
     result = runner.invoke(cli, ["sample", "--dry-run"])
     assert result.exit_code == 0, result.output
     config = tomllib.loads(result.stdout)
-    assert config["n"] == cli_module.DEFAULT_N and config["seed"] == 0
+    assert config["n"] == config_module.DEFAULTS["n"] and config["seed"] == 0
     assert config["target"]["name"] == "gmm40"
     assert config["sampler"]["name"] == "reverse-sde" and config["sampler"]["steps"] == 500
     assert config["process"]["name"] == "vp" and config["score"]["name"] == "exact"
@@ -702,15 +703,15 @@ def test_builtin_default_config(runner):
 def test_builtin_round_trip(runner, tmp_path, monkeypatch):
     if not (registered("target", "gaussian") and registered("sampler", "reverse-sde")):
         pytest.skip("the targets / samplers plugins are not installed yet")
-    monkeypatch.setattr(cli_module, "DEFAULT_DIAGNOSTICS", ())  # fast; the script test runs them
+    monkeypatch.setattr(run_module, "DEFAULT_DIAGNOSTICS", ())  # fast; the script test runs them
     a, b = tmp_path / "a", tmp_path / "b"
     result = runner.invoke(cli, ["sample", "gaussian", "-n", "100", "--steps", "10",
                                  "--process", "ve", "--out", str(a)])
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["sample", "--config", str(a / "config.toml"), "--out", str(b)])
     assert result.exit_code == 0, result.output
-    np.testing.assert_array_equal(_io.load_npz(a / "samples.npz")["x"],
-                                  _io.load_npz(b / "samples.npz")["x"])
+    np.testing.assert_array_equal(sio.load_npz(a / "samples.npz")["x"],
+                                  sio.load_npz(b / "samples.npz")["x"])
 
 
 def test_installed_script(tmp_path):
@@ -729,12 +730,12 @@ def test_installed_script(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(cli_module.OUTPUT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(run_module.OUTPUT_FILES)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 300 and metrics["n_nonfinite"] == 0
     if registered("diagnostic", "weights"):
         assert "log_Z" in metrics and "ess" in metrics
-    assert _io.load_npz(out / "samples.npz")["x"].shape == (300, 2)
+    assert sio.load_npz(out / "samples.npz")["x"].shape == (300, 2)
 
 
 PIS_RUN = ["sample", "gaussian", "--sampler", "pis", "--steps", "8", "--batch", "16",
@@ -750,8 +751,8 @@ def _script() -> str:
 
 
 def _trained_steps(run: Path) -> int:
-    cfg = cli_module.resolve_config(_io.load_toml(run / "config.toml"))
-    return sdekit.load_checkpoint(cli_module.compose_config(cfg), run / "checkpoint.eqx")[1]
+    cfg = sdekit.resolve_config(sdekit.load_config(run / "config.toml"))
+    return sdekit.load_checkpoint(run_module.compose_config(cfg)[0], run / "checkpoint.eqx")[1]
 
 
 @pytest.mark.slow
@@ -776,13 +777,13 @@ def test_killed_training_resumes_to_the_uninterrupted_run(runner, tmp_path, monk
     partial = tmp_path / "partial"
     shutil.copytree(killed, partial)
 
-    monkeypatch.setattr(cli_module, "DEFAULT_DIAGNOSTICS", ("weights",))
+    monkeypatch.setattr(run_module, "DEFAULT_DIAGNOSTICS", ("weights",))
     result = runner.invoke(cli, ["sample", "--resume", str(killed)])
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, [*PIS_RUN, "--out", str(whole)])
     assert result.exit_code == 0, result.output
     assert _trained_steps(killed) == _trained_steps(whole) == 1000
-    a, b = _io.load_npz(killed / "samples.npz"), _io.load_npz(whole / "samples.npz")
+    a, b = sio.load_npz(killed / "samples.npz"), sio.load_npz(whole / "samples.npz")
     np.testing.assert_array_equal(a["x"], b["x"])
     np.testing.assert_array_equal(a["log_weights"], b["log_weights"])
 
@@ -828,7 +829,7 @@ def _check_outcome(result, out: Path) -> None:
     assert "Traceback" not in result.output, result.output
     if result.exit_code == 0:
         if out.exists():  # not a --dry-run
-            assert sorted(p.name for p in out.iterdir()) == sorted(cli_module.OUTPUT_FILES)
+            assert sorted(p.name for p in out.iterdir()) == sorted(run_module.OUTPUT_FILES)
         return
     assert result.exit_code in (1, 2), (result.exit_code, result.output, result.exception)
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
@@ -839,9 +840,9 @@ def _check_outcome(result, out: Path) -> None:
 @FUZZ
 @given(COMMAND_LINES)
 def test_fuzzed_command_lines(runner, fake, tmp_path, monkeypatch, tokens):
-    monkeypatch.setattr(cli_module, "DEFAULT_N", 32)
-    monkeypatch.setattr(cli_module, "DEFAULT_TARGET", "fake-gauss")
-    monkeypatch.setattr(cli_module, "DEFAULT_SAMPLER", "fake-sampler")
+    monkeypatch.setitem(config_module.DEFAULTS, "n", 32)
+    monkeypatch.setitem(config_module.DEFAULTS, "target", {"name": "fake-gauss"})
+    monkeypatch.setitem(config_module.DEFAULTS, "sampler", {"name": "fake-sampler"})
     out = tmp_path / f"run-{abs(hash(tuple(tokens)))}"
     args = ["sample", *tokens]
     if "--out" not in tokens and "-o" not in tokens:
@@ -862,16 +863,16 @@ SECTIONS_TOML = st.fixed_dictionaries({}, optional={
 } | {"seed": TOML_VALUES, "n": TOML_VALUES, "extra": TOML_VALUES})
 #: Mostly valid TOML describing odd configurations; some text that is not TOML at all.
 CONFIG_TEXT = st.one_of(
-    SECTIONS_TOML.map(_io.toml_dumps), SECTIONS_TOML.map(_io.toml_dumps), st.text(max_size=100)
+    SECTIONS_TOML.map(sio.toml_dumps), SECTIONS_TOML.map(sio.toml_dumps), st.text(max_size=100)
 )
 
 
 @FUZZ
 @given(CONFIG_TEXT)
 def test_fuzzed_config_files(runner, fake, tmp_path, monkeypatch, text):
-    monkeypatch.setattr(cli_module, "DEFAULT_N", 32)
-    monkeypatch.setattr(cli_module, "DEFAULT_TARGET", "fake-gauss")
-    monkeypatch.setattr(cli_module, "DEFAULT_SAMPLER", "fake-sampler")
+    monkeypatch.setitem(config_module.DEFAULTS, "n", 32)
+    monkeypatch.setitem(config_module.DEFAULTS, "target", {"name": "fake-gauss"})
+    monkeypatch.setitem(config_module.DEFAULTS, "sampler", {"name": "fake-sampler"})
     config = tmp_path / "config.toml"
     config.write_text(text, encoding="utf-8")
     out = tmp_path / f"run-{abs(hash(text))}"

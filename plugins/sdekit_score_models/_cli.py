@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from sdekit import _io
+from sdekit import io as _io
 
 from ._data import DATASETS
 from ._run import SECTIONS, ConfigError, build, resolve, train_run

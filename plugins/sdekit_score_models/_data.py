@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from sdekit import _io
+from sdekit import io as _io
 
 __all__ = ["DATASETS", "dataset", "datasets", "load_data"]
 

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import sdekit
-from sdekit import AbstractProcess, _io
+from sdekit import AbstractProcess
+from sdekit import io as _io
 
 from ._data import DATASETS, dataset, load_data
 from ._dsm import sample_ode, sample_sde, score_matching

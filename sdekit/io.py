@@ -1,7 +1,13 @@
 """Files are data: atomic writes, `.npz` arrays, JSON metrics and TOML configurations.
 
 Everything here reads and writes plain data; nothing loaded can execute code
-(`.npz` files are read with `allow_pickle=False`, TOML with `tomllib`).
+(`.npz` files are read with `allow_pickle=False`, TOML with `tomllib`). `sdekit.run` writes
+its files with these functions, and so can a plugin's own command:
+
+```python
+sdekit.io.write_files("runs/mine", {"metrics.json": sdekit.io.json_dumps(metrics),
+                                    "samples.npz": sdekit.io.npz_bytes(x=x)})
+```
 """
 
 import datetime
@@ -112,6 +118,7 @@ def is_toml_value(value: Any) -> bool:
 
 
 def toml_dumps(config: Mapping[str, Any]) -> str:
+    """`config` as TOML text (tuples written as arrays)."""
     return tomli_w.dumps(_lists(config))
 
 
@@ -124,6 +131,7 @@ def _lists(value: Any) -> Any:
 
 
 def load_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """The TOML file `path` as data (`tomllib.TOMLDecodeError`, a `ValueError`, if invalid)."""
     with open(path, "rb") as f:
         return tomllib.load(f)
 
@@ -156,3 +164,32 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write to {path}: {probe} is not writable")
     return path
+
+
+def write_files(directory: str | os.PathLike, files: Mapping[str, bytes | str | None]) -> None:
+    """Write each of `files` (name -> content) atomically into `directory`, creating it.
+
+    A `None` content removes a stale file of that name. If the directory is new and a
+    write fails, what was written is removed with the directory: a failed run leaves
+    nothing behind.
+    """
+    directory = Path(directory)
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        for name, data in files.items():
+            if data is None:
+                (directory / name).unlink(missing_ok=True)
+            else:
+                atomic_write(directory / name, data)
+                written.append(directory / name)
+    except BaseException:
+        if created:
+            for path in written:
+                path.unlink(missing_ok=True)
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+        raise

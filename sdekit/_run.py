@@ -1,0 +1,384 @@
+"""One run: compose, train, sample, diagnose, write and plot; and a finished run, loaded.
+
+`sdekit.run(config)` is what `sdekit sample` does, and `sdekit.load_run(directory)` is what
+`sdekit diagnose` starts from:
+
+```python
+run = sdekit.run({"target": "funnel", "sampler": "pis", "seed": 1}, out="runs/funnel-pis")
+run.metrics["log_Z"], run.samples.x.shape
+again = sdekit.load_run("runs/funnel-pis")  # the trained sampler, from its checkpoint
+```
+"""
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PRNGKeyArray
+
+from . import io
+from ._compose import compose, create, resolve_part
+from ._config import ConfigError, check_section, load_config, resolve_config
+from ._diagnostic import AbstractDiagnostic
+from ._errors import PluginError, SdekitError
+from ._log_density import npz_arrays
+from ._plot import figure_png, plot_png
+from ._plugins import registry
+from ._sampler import AbstractSampler, Samples
+from ._target import AbstractTarget
+from ._target_spec import short_name
+from ._train import AbstractTrainable, load_checkpoint, train
+
+__all__ = ["Run", "RunError", "RunWarning", "compose_config", "diagnose", "load_run", "run"]
+
+#: The files a finished run directory holds.
+OUTPUT_FILES = ("samples.npz", "metrics.json", "samples.png", "config.toml")
+#: Diagnostics a run computes after sampling, those that are registered.
+DEFAULT_DIAGNOSTICS = ("weights", "sample-quality")
+#: Keys of `Run.metrics` that describe the run rather than measure the samples.
+RUN_KEYS = ("n", "dim", "seed", "has_log_weights", "train_seconds", "compile_seconds",
+            "sample_seconds", "diagnostic_seconds", "diagnostic_errors")
+
+
+class RunError(SdekitError):
+    """A check inside a compiled sampler failed at run time (`equinox.error_if`)."""
+
+
+class RunWarning(UserWarning):
+    """Something a run reports and goes on from: a diagnostic that failed, samples that
+    are not finite, a picture not drawn."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A finished run, from `sdekit.run` or `sdekit.load_run`.
+
+    **Fields:**
+
+    - `config`: the complete configuration (`sdekit.resolve_config`); written as
+      `config.toml`, it reproduces the run bit for bit.
+    - `sampler`: the composed sampler, trained where it trains.
+    - `target`: the target sampled.
+    - `samples`: the `Samples` drawn (`x`, and `log_weights` where the sampler gives them).
+    - `metrics`: what `metrics.json` holds: `n`, `dim`, `seed`, `n_nonfinite`,
+      `has_log_weights`, timings, and the diagnostics' values (e.g. `log_Z`, `ess`).
+    - `directory`: where the run's files are, or `None` for a run not written.
+    """
+
+    config: dict[str, Any]
+    sampler: AbstractSampler
+    target: AbstractTarget
+    samples: Samples
+    metrics: dict[str, Any]
+    directory: Path | None = None
+
+    @property
+    def key(self) -> PRNGKeyArray:
+        """The run's key, `jax.random.PRNGKey(seed)`: samples are drawn with it, training
+        uses `fold_in(key, 2)` and diagnostics `fold_in(key, 1)`."""
+        return jax.random.PRNGKey(self.config["seed"])
+
+
+def compose_config(cfg: Mapping[str, Any]) -> tuple[AbstractSampler, AbstractTarget]:
+    """The sampler and the target of a configuration from `sdekit.resolve_config`: the
+    target built first (`sdekit.resolve_part`), then `sdekit.compose` on it."""
+    target = resolve_part("target", dict(cfg["target"]))
+    parts = {k: dict(cfg[k]) for k in ("process", "score", "controller") if k in cfg}
+    return compose(target, dict(cfg["sampler"]), **parts), target
+
+
+def default_directory(cfg: Mapping[str, Any]) -> Path:
+    """`runs/TARGET-SAMPLER`, the directory `sdekit sample` writes to by default."""
+    return Path(f"runs/{short_name(cfg['target']['name'])}-{cfg['sampler']['name']}")
+
+
+class _HideCallbackFailure(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "jax.pure_callback failed"
+
+
+@contextlib.contextmanager
+def _runtime_errors(what: str, strict: bool):
+    """Turn an `equinox.error_if` failure inside compiled code into a one-line `RunError`
+    (`strict`: leave it as it is). `equinox.filter_jit` does this for a direct call; an
+    ahead-of-time compiled call, used to time compilation apart, gets the raw XLA error
+    and a logged traceback."""
+    logger = logging.getLogger("jax._src.callback")
+    hide = _HideCallbackFailure()
+    if not strict:
+        logger.addFilter(hide)
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        text = str(e)
+        if "_EquinoxRuntimeError: " not in text or strict:
+            raise
+        msg = text.split("_EquinoxRuntimeError: ", 1)[1].split("\n\n", 1)[0].strip()
+        raise RunError(f"{what} failed: {msg}") from None
+    finally:
+        logger.removeFilter(hide)
+
+
+def _draw(sampler: AbstractSampler, key: PRNGKeyArray, n: int) -> Samples:
+    return sampler.sample(key, n)
+
+
+def _check_samples(samples: Any, n: int, name: str) -> np.ndarray:
+    if not isinstance(samples, Samples):
+        raise PluginError(f"sampler {name!r} returned {type(samples).__name__}, not Samples")
+    x = np.asarray(samples.x)
+    if x.ndim != 2 or x.shape[0] != n:
+        raise PluginError(f"sampler {name!r} returned x of shape {x.shape}, expected ({n}, d)")
+    return x
+
+
+def _sample(sampler: AbstractSampler, cfg: Mapping[str, Any], strict: bool
+            ) -> tuple[Samples, dict[str, Any]]:
+    """Draw `cfg["n"]` samples (jitted; compilation timed apart) and the run's metrics."""
+    n, key = cfg["n"], jax.random.PRNGKey(cfg["seed"])
+    t0 = time.perf_counter()
+    compiled = eqx.filter_jit(_draw).lower(sampler, key, n).compile()
+    t1 = time.perf_counter()
+    with _runtime_errors("sampling", strict):
+        samples = jax.block_until_ready(compiled(sampler, key, n))
+    t2 = time.perf_counter()
+    x = _check_samples(samples, n, cfg["sampler"]["name"])
+    return samples, {
+        "n": n, "dim": int(x.shape[1]), "seed": cfg["seed"],
+        "n_nonfinite": int(np.sum(~np.all(np.isfinite(x), axis=1))),
+        "has_log_weights": samples.log_weights is not None,
+        "compile_seconds": t1 - t0, "sample_seconds": t2 - t1,
+    }
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _evaluate(diagnostics: Mapping[str, AbstractDiagnostic], key: PRNGKeyArray, target,
+              sampler, samples, *, draw: bool, strict: bool
+              ) -> tuple[dict[str, dict[str, Any]], dict[str, str], dict[str, bytes | None]]:
+    """Each diagnostic's values (JSON-safe), errors by name, and figures where `draw`.
+
+    A diagnostic that raises is reported (a `RunWarning` and an entry in the errors)
+    and the others go on; with `strict` its exception propagates.
+    """
+    values: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    figures: dict[str, bytes | None] = {}
+    for name, diagnostic in diagnostics.items():
+        try:
+            found = jax.block_until_ready(dict(diagnostic(
+                key, target=target, sampler=sampler, samples=samples)))
+            if draw:
+                fig = diagnostic.plot(found)
+                figures[name] = None if fig is None else figure_png(fig)
+        except Exception as e:  # noqa: BLE001 - keep the samples and the other results
+            if strict:
+                raise
+            errors[name] = f"{type(e).__name__}: {_one_line(str(e))}"
+            warnings.warn(f"diagnostic {name!r} failed: {errors[name]}", RunWarning, stacklevel=2)
+            continue
+        values[name] = {k: io.json_safe(v) for k, v in found.items()}
+    return values, errors, figures
+
+
+def _run_diagnostics(names: Sequence[str] | None, sampler, target, samples,
+                     cfg: Mapping[str, Any], metrics: dict[str, Any], strict: bool) -> None:
+    """Add the values of the registered diagnostics among `names` to `metrics`; a value
+    whose name is taken is prefixed with its diagnostic's (`NAME.key`)."""
+    registered = registry().entries["diagnostic"]
+    chosen = {n: create("diagnostic", n) for n in
+              (DEFAULT_DIAGNOSTICS if names is None else names) if n in registered}
+    key = jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 1)
+    t0 = time.perf_counter()
+    values, errors, _ = _evaluate(chosen, key, target, sampler, samples, draw=False,
+                                  strict=strict)
+    for name, found in values.items():
+        for k, v in found.items():
+            metrics[k if k not in metrics and k not in RUN_KEYS else f"{name}.{k}"] = v
+    metrics["diagnostic_seconds"] = time.perf_counter() - t0
+    if errors:
+        metrics["diagnostic_errors"] = errors
+
+
+def _train(sampler: AbstractSampler, cfg: Mapping[str, Any], out: Path | None, resume: bool,
+           progress: bool) -> tuple[AbstractSampler, float]:
+    """Train a trainable sampler, checkpointing into `out` (after writing `config.toml`
+    there, unless resuming); `(sampler, 0.0)` for one that does not train."""
+    if not isinstance(sampler, AbstractTrainable):
+        return sampler, 0.0
+    checkpoint = None
+    if out is not None:
+        checkpoint = out / "checkpoint.eqx"
+        if not resume:
+            io.write_files(out, {"config.toml": io.toml_dumps(cfg), "checkpoint.eqx": None})
+    key = jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 2)
+    trained, history = train(sampler, key, checkpoint=checkpoint, progress=progress)
+    return trained, float(history["train_seconds"])
+
+
+def _png(run_: Run, strict: bool) -> bytes | None:
+    cfg = run_.config
+    title = f"{cfg['target']['name']}, {cfg['sampler']['name']}, n={cfg['n']}"
+    try:
+        return plot_png(run_.target, run_.samples.x, run_.key, title=title)
+    except Exception as e:  # noqa: BLE001 - the samples matter more than the picture
+        if strict:
+            raise
+        warnings.warn(f"samples.png not drawn: {type(e).__name__}: {e}", RunWarning, stacklevel=2)
+        return None
+
+
+def _write(run_: Run, strict: bool) -> None:
+    assert run_.directory is not None
+    io.write_files(run_.directory, {
+        "samples.npz": io.npz_bytes(**npz_arrays(run_.samples, run_.target)),
+        "metrics.json": io.json_dumps(run_.metrics),
+        "samples.png": _png(run_, strict),
+        "config.toml": io.toml_dumps(run_.config),
+    })
+
+
+def _config_of(config: Mapping[str, Any] | str | Path | None, out: Path | None,
+               resume: bool) -> dict[str, Any]:
+    if config is None and resume and out is not None:
+        config = out / "config.toml"
+    if isinstance(config, (str, Path)):
+        return resolve_config(load_config(config), source=str(config))
+    return resolve_config(config)
+
+
+def run(
+    config: Mapping[str, Any] | str | Path | None = None,
+    *,
+    out: str | Path | None = None,
+    progress: bool = False,
+    resume: bool = False,
+    diagnostics: Sequence[str] | None = None,
+    strict: bool = False,
+) -> Run:
+    """Compose, train, sample, diagnose and (with `out`) write the run `config` describes.
+
+    `config` is a configuration (partial is fine: `sdekit.resolve_config` completes it),
+    or the path of a `config.toml`. A trainable sampler (`sdekit.AbstractTrainable`, e.g.
+    `pis`) is first trained by `sdekit.train` (key `fold_in(key, 2)`; `progress` shows a
+    bar); with `out` it checkpoints to `out/checkpoint.eqx`, after writing
+    `out/config.toml`, and `resume=True` continues from that checkpoint (and, without a
+    `config`, from `out/config.toml`). Samples are drawn with `jax.random.PRNGKey(seed)`
+    (jitted; compilation is timed apart), then `diagnostics` (default
+    `DEFAULT_DIAGNOSTICS`, those registered) run with key `fold_in(key, 1)`; one that
+    fails is reported in `metrics["diagnostic_errors"]` and a `RunWarning`.
+
+    With `out`, the files `OUTPUT_FILES` are written atomically at the end, and only if
+    the run succeeds. `strict=True` raises what would otherwise be a warning.
+    """
+    out = None if out is None else io.check_writable_dir(out)
+    cfg = _config_of(config, out, resume)
+    sampler, target = compose_config(cfg)
+    sampler, train_seconds = _train(sampler, cfg, out, resume, progress)
+    samples, sampled = _sample(sampler, cfg, strict)
+    metrics = {**{k: sampled[k] for k in ("n", "dim", "seed", "n_nonfinite", "has_log_weights")},
+               "train_seconds": train_seconds, **sampled}
+    if metrics["n_nonfinite"]:
+        warnings.warn(f"{metrics['n_nonfinite']} of {cfg['n']} samples are not finite (kept "
+                      f"in samples.npz, counted in metrics.json)", RunWarning, stacklevel=2)
+    _run_diagnostics(diagnostics, sampler, target, samples, cfg, metrics, strict)
+    result = Run(cfg, sampler, target, samples, metrics, out)
+    if out is not None:
+        _write(result, strict)
+    return result
+
+
+def _trained(sampler: AbstractSampler, directory: Path) -> AbstractSampler:
+    checkpoint = directory / "checkpoint.eqx"
+    if not checkpoint.is_file():
+        raise ConfigError(f"{checkpoint} does not exist: the trained sampler is lost")
+    sampler, step = load_checkpoint(sampler, checkpoint)
+    if step < sampler.train_options.steps:
+        raise ConfigError(
+            f"{checkpoint} holds {step} of {sampler.train_options.steps} training steps; "
+            f"finish the run first (sdekit sample --resume {directory})")
+    return sampler
+
+
+def load_run(directory: str | Path) -> Run:
+    """The finished run in `directory` (from `sdekit.run` or `sdekit sample`).
+
+    The sampler is composed again from `config.toml` and, where it trains, its trained
+    state read from `checkpoint.eqx`; the samples come from `samples.npz` and the metrics
+    from `metrics.json`. Nothing is recomputed. Raises `ConfigError` naming what is
+    missing or incomplete.
+    """
+    directory = Path(directory)
+    for name in ("config.toml", "samples.npz"):
+        if not (directory / name).is_file():
+            raise ConfigError(f"{directory / name} does not exist; is {directory} a finished "
+                              f"`sdekit sample` run?")
+    path = directory / "config.toml"
+    cfg = resolve_config(load_config(path), source=str(path))
+    sampler, target = compose_config(cfg)
+    if isinstance(sampler, AbstractTrainable):
+        sampler = _trained(sampler, directory)
+    arrays = io.load_npz(directory / "samples.npz")
+    log_weights = arrays.get("log_weights")
+    samples = Samples(jnp.asarray(arrays["x"]),
+                      None if log_weights is None else jnp.asarray(log_weights))
+    metrics_path = directory / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return Run(cfg, sampler, target, samples, metrics, directory)
+
+
+def _diagnostic_objects(diagnostics: Sequence[str] | Mapping[str, Mapping[str, Any]] | None
+                        ) -> dict[str, AbstractDiagnostic]:
+    """Each named diagnostic built with its options (checked, with "did you mean")."""
+    reg = registry()
+    if diagnostics is None:
+        diagnostics = [n for n in DEFAULT_DIAGNOSTICS if n in reg.names("diagnostic")]
+    if not isinstance(diagnostics, Mapping):
+        diagnostics = {name: {} for name in diagnostics}
+    entries = {name: reg.get("diagnostic", name) for name in diagnostics}  # names first
+    built = {}
+    for name, options in diagnostics.items():
+        checked = check_section(name, options, entries[name].options(),
+                                owner=f"diagnostic {name!r}")
+        built[name] = create("diagnostic", name, **checked)
+    return built
+
+
+def diagnose(
+    run_: Run,
+    diagnostics: Sequence[str] | Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    strict: bool = False,
+) -> dict[str, Any]:
+    """Run `diagnostics` on a finished run; what `sdekit diagnose` does.
+
+    `diagnostics` are registered names, or a mapping name -> options (default:
+    `DEFAULT_DIAGNOSTICS`, those registered). Each gets the key `fold_in(key, 1)`, as in
+    `sdekit.run`, so the values repeat the run's metrics. Returns `{NAME: {metric: value}}`
+    and, for those that failed, `"errors": {NAME: message}`. Where the run has a
+    directory, writes `diagnostics.json` (the result) and `NAME.png` for each diagnostic
+    that draws its results, atomically.
+    """
+    chosen = _diagnostic_objects(diagnostics)
+    key = jax.random.fold_in(run_.key, 1)
+    results, errors, figures = _evaluate(chosen, key, run_.target, run_.sampler, run_.samples,
+                                         draw=True, strict=strict)
+    out: dict[str, Any] = dict(results)
+    if errors:
+        out["errors"] = errors
+    if run_.directory is not None:
+        pngs = {f"{name}.png": png for name, png in figures.items()}
+        io.write_files(run_.directory, {"diagnostics.json": io.json_dumps(out), **pngs})
+    return out
