@@ -32,14 +32,14 @@ def _load(name: str):
     return module
 
 
-R11 = _load("r1_1_operator_checks")
-# R1.1's processes (so that its test reuses these compilations) and pbm.
-PROCESSES = {**R11.PROCESSES, "pbm": ("pbm", {})}
+FP_CHECKS = _load("fp_operator_checks")
+# The operator checks' processes (so that their test reuses these compilations) and pbm.
+PROCESSES = {**FP_CHECKS.PROCESSES, "pbm": ("pbm", {})}
 
 
 def _target():
-    """The 4-component 2-d mixture of R1.1 (so that R1.1's test reuses these compilations)."""
-    return sdekit.create("target", "gmm", **R11.MIXTURE)
+    """The 4-component 2-d mixture of the operator checks (so that their test reuses these compilations)."""
+    return sdekit.create("target", "gmm", **FP_CHECKS.MIXTURE)
 
 
 @pytest.mark.parametrize("name", list(PROCESSES))
@@ -153,9 +153,24 @@ def test_hutchinson_fp_residual_matches_exact(vp_parts):
     assert se < 0.2 * float(jnp.mean(ex))  # and the comparison has power
 
 
+class _DeclaredParts(sdekit.AbstractDiffusionSampler):
+    """A diffusion sampler reduced to its declared parts: the diagnostics read them and never sample."""
+
+    process: sdekit.AbstractProcess
+    score: sdekit.AbstractScore
+    target: sdekit.AbstractTarget | None
+
+    def sample(self, key, n):
+        raise AssertionError("a Fokker–Planck diagnostic must not sample from the sampler")
+
+    def sample_from(self, key, x0):
+        raise AssertionError("a Fokker–Planck diagnostic must not sample from the sampler")
+
+
 def test_diagnostic_reads_score_from_sampler(vp_parts):
+    """Any `sdekit.AbstractDiffusionSampler` gives the diagnostic its score and process."""
     target, process, perturbed = vp_parts
-    sampler = sdekit.compose(target, {"name": "reverse-sde", "steps": 10}, process=process, score=perturbed(0.0))
+    sampler = _DeclaredParts(process, perturbed(0.0), target)
     diag = sdekit.create("diagnostic", "fp-residual", n=N_POINTS)
     out = diag(jax.random.key(0), target=target, sampler=sampler)
     assert set(out) == {"fp_residual", "fp_residual_se", "fp_residual_relative", "fp_residual_bins",
@@ -278,11 +293,10 @@ def test_bad_input_is_named():
         sdekit.create("diagnostic", "fp-residual", divergence="hutchinson", probes=1)
 
 
-def test_r0_1_pass_criteria():
-    """R0.1: SDE L2 error to the sign-drift solution decreasing in k, < 1e-2 at k = 16;
+def test_noise_regularisation_pass_criteria():
+    """Noise regularisation: SDE L2 error to the sign-drift solution decreasing in k, < 1e-2 at k = 16;
     ODE W2 to the k = ∞ ODE decreasing while its density's L2 norm explodes."""
-    r01 = _load("r0_1_noise_regularisation")
-    result = r01.run(cells=1600, dt=2e-3)
+    result = _load("noise_regularisation").run(cells=1600, dt=2e-3)
     assert result["checks"] == {
         "sde_l2_decreasing": True,
         "sde_l2_k16_below_1e-2": True,
@@ -290,31 +304,31 @@ def test_r0_1_pass_criteria():
         "ode_norm_growing": True,
     }
     norms = [r["ode_log10_l2_norm"] for r in result["rows"]]
-    assert norms[-1] > 20  # ~25 by the calibration of REPRODUCTIONS.md
+    assert norms[-1] > 20  # 25.1 in benchmarks/results/noise_regularisation.json
 
 
-def test_r1_1_pass_criteria():
-    """R1.1 without its sampling part (the ODE-SDE gap has its own test above): relative
+def test_fp_operator_checks_pass_criteria():
+    """The Fokker–Planck operator checks without its sampling part (the ODE-SDE gap has its own test above): relative
     log-FP and score-FP residuals of the analytic marginals < 1e-6 in float64 under OU
     and VE (VP in the benchmark script: the same code as OU, another compilation); Hutchinson with 1e4 probes within 1% of the exact divergence (median over
     points) and within 5 standard errors at every point."""
-    result = R11.run(processes=("ou", "ve"), n_points=64, hutchinson_points=10, gap=False)  # vp: the benchmark
+    result = FP_CHECKS.run(processes=("ou", "ve"), n_points=64, hutchinson_points=10, gap=False)  # vp: the benchmark
     for name, row in result["rows"].items():
         assert all(row["checks"].values()), (name, row["checks"])
 
 
-def test_r2_1_exactness():
-    """R2.1 in small: the exact PBM (Föllmer) control and VP score agree with their Monte-Carlo
+def test_exact_mixture_scores():
+    """The exact-mixture-scores benchmark in small: the exact PBM (Föllmer) control and VP score agree with their Monte-Carlo
     estimates within 5 Monte-Carlo standard errors at every point; the reverse SDE with the
     exact score under VP and PBM reproduces the 10-component mixture (MMD² within 2x the
     noise floor; 500 Euler steps, 100 are visibly biased for VP) with log Z within 0.05
     from its exact discrete-time weights."""
-    r21 = _load("r2_1_exactness")
-    target = r21.mixture10()
-    drifts = r21.drift_checks(target, draws=4000, n_points=8, which=("pbm",))  # VP: the benchmark
+    bench = _load("exact_mixture_scores")
+    target = bench.mixture10()
+    drifts = bench.drift_checks(target, draws=4000, n_points=8, which=("pbm",))  # VP: the benchmark
     for name, row in drifts.items():
         assert row["max_error_over_se"] < 5, (name, row)
-    samplers = r21.sampler_checks(target, n=1000, steps=500, samplers=("reverse-sde/vp", "reverse-sde/pbm"))
+    samplers = bench.sampler_checks(target, n=1000, steps=500, samplers=("reverse-sde/vp", "reverse-sde/pbm"))
     for name in ("reverse-sde/vp", "reverse-sde/pbm"):
         assert samplers[name]["mmd_within_2x_floor"], (name, samplers[name], samplers["mmd_floor_rms"])
         assert samplers[name]["log_Z_within_0.05"], (name, samplers[name])

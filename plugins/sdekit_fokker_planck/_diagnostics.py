@@ -3,7 +3,7 @@
 They follow the calling convention of `sdekit.AbstractDiagnostic`,
 `diagnostic(key, target=..., sampler=..., samples=...) -> dict of plain numbers`, extended
 additively: the score and the process come from `sampler.score` and `sampler.process`
-(a `reverse-sde` or `pf-ode` sampler), or are given as the keyword arguments `score=` and
+(any `sdekit.AbstractDiffusionSampler`, such as `reverse-sde` or `pf-ode`), or are given as the keyword arguments `score=` and
 `process=`; the exact score is `reference=` or, for a Gaussian-mixture target, built as
 `sdekit.create("score", "exact", target=target, process=process)`. Data $x_0 \\sim \\pi$
 are the target's exact samples when it has them, else the rows of `samples`. A diagnostic
@@ -19,7 +19,16 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 
 import sdekit
-from sdekit import AbstractDiagnostic, AbstractProcess, AbstractSampler, AbstractScore, AbstractTarget, Samples
+from sdekit import (
+    AbstractDensityScore,
+    AbstractDiagnostic,
+    AbstractDiffusionSampler,
+    AbstractProcess,
+    AbstractSampler,
+    AbstractScore,
+    AbstractTarget,
+    Samples,
+)
 from sdekit.fokker_planck import check_divergence
 
 from ._fv import Grid
@@ -33,8 +42,10 @@ W2_MAX = 5000
 
 
 def _parts(sampler, score, process) -> tuple[AbstractScore | None, AbstractProcess | None]:
-    score = getattr(sampler, "score", None) if score is None else score
-    process = getattr(sampler, "process", None) if process is None else process
+    """The score and process given, else those of a diffusion sampler; `None`s if either is missing."""
+    if isinstance(sampler, AbstractDiffusionSampler):
+        score = sampler.score if score is None else score
+        process = sampler.process if process is None else process
     if not isinstance(score, AbstractScore) or not isinstance(process, AbstractProcess):
         return None, None
     return score, process
@@ -77,8 +88,8 @@ class FPResidual(AbstractDiagnostic):
 
     Returns `fp_residual`, `fp_residual_se`, `fp_residual_relative`, the per-bin lists
     `fp_residual_bins`, `fp_residual_bins_se` and `fp_residual_bin_edges`, and, for a
-    score with `potential(t, x)` (a potential net) or `log_prob(t, x)` (the exact mixture
-    score), `log_fp_residual*` for
+    `sdekit.AbstractPotentialScore` (a potential net; the exact mixture score),
+    `log_fp_residual*` for
     $\partial_t u + \nabla\cdot f + f\cdot\nabla u - \tfrac12 g^2(\Delta u + |\nabla u|^2)$.
     `plot` draws the per-bin residuals against $t$ (see `fp_residual`).
     """
@@ -217,12 +228,12 @@ def ode_sde_gap(
 
 
 class ODESDEGap(AbstractDiagnostic):
-    """`ode_sde_gap` for the score and process of a `reverse-sde` or `pf-ode` sampler.
+    """`ode_sde_gap` for the score and process of a diffusion sampler (or `score=`, `process=`).
 
-    The other sampler of the pair is built with the same target, process and score: a
-    `reverse-sde` with the sampler's own time grid (or `sde_steps` Euler–Maruyama steps),
-    a `pf-ode` with the sampler's own settings (or the defaults of `pf-ode`). Needs the
-    target (for its dimension). Options: `n`, `batches`, `w2_points`, `projections`, `sde_steps`.
+    The pair is built by name (`sdekit.create`) with the same target, process and score: a
+    `reverse-sde` with `sde_steps` Euler–Maruyama steps and a `pf-ode` with the defaults
+    of `pf-ode`. A `reverse-sde` or `pf-ode` sampler given stands for its own side of the
+    pair, with its own settings. Needs the target (for its dimension). Options: `n`, `batches`, `w2_points`, `projections`, `sde_steps`.
     """
 
     n: int = 2000
@@ -241,18 +252,16 @@ class ODESDEGap(AbstractDiagnostic):
         score: AbstractScore | None = None,
         process: AbstractProcess | None = None,
     ) -> dict[str, float]:
-        from sdekit_samplers import PFODE, ReverseSDE
-
         score, process = _parts(sampler, score, process)
         if score is None or target is None:
             return {}
         parts = dict(target=target, process=process, score=score)
-        own = sampler if sampler is not None and sampler.score is score and sampler.process is process else None
-        if isinstance(own, ReverseSDE):
-            sde = own
-        else:
-            sde = sdekit.create("sampler", "reverse-sde", steps=self.sde_steps, **parts)
-        ode = own if isinstance(own, PFODE) else sdekit.create("sampler", "pf-ode", **parts)
+        sde = sdekit.create("sampler", "reverse-sde", steps=self.sde_steps, **parts)
+        ode = sdekit.create("sampler", "pf-ode", **parts)
+        # The sampler itself stands for its side of the pair, with its own settings.
+        if isinstance(sampler, AbstractDiffusionSampler) and sampler.score is score and sampler.process is process:
+            sde = sampler if type(sampler) is type(sde) else sde
+            ode = sampler if type(sampler) is type(ode) else ode
         return ode_sde_gap(
             key, sde, ode, self.n, batches=self.batches, w2_points=self.w2_points,
             projections=self.projections,
@@ -273,7 +282,8 @@ class TrajectoryL2(AbstractDiagnostic):
     (evenly spaced from `t_max` to `t_min`, `t_max` excluded) come from the finite-volume
     solver (`method="grid"`, `substeps` implicit steps per interval) or from a KDE of `n`
     simulated particles (`method="kde"`, `substeps` Euler steps per interval). The true
-    $p_t$ is analytic for a Gaussian-mixture target (or `reference` with `log_prob`), else
+    $p_t$ is analytic for a Gaussian-mixture target (or a `reference` that is an
+    `sdekit.AbstractDensityScore`), else
     the forward FP equation solved on the grid from the target density. The grid has
     `cells` per axis over `lower`..`upper` (default: the data's 0.05%..99.95% quantiles
     widened by `margin` of the range on each side).
@@ -320,7 +330,7 @@ class TrajectoryL2(AbstractDiagnostic):
         frac = jnp.arange(1, self.times + 1) / self.times
         times = process.t_max - (process.t_max - process.t_min) * frac
         ref = _reference(reference, target, process)
-        log_p = getattr(ref, "log_prob", None)
+        log_p = ref.log_prob if isinstance(ref, AbstractDensityScore) else None
         true = true_densities(
             log_p, process, grid, times, None if target is None else target.log_prob, self.substeps
         )
@@ -383,12 +393,12 @@ class GirsanovBound(_AgainstExactScore):
     r"""`girsanov_bound`: $\mathrm{KL}(p_{t_{\max}}\|\text{prior}) + \tfrac12\int g^2 E\|s_\theta - \nabla\log p_t\|^2 dt$.
 
     An upper bound on $\mathrm{KL}(p_{t_{\min}} \| q)$ for the model $q$ of the reverse SDE
-    (continuous time). Needs the exact score with `log_prob` (`reference=`, or a
-    Gaussian-mixture target). Returns the bound, its two terms, and standard errors.
+    (continuous time). Needs the exact score as an `sdekit.AbstractDensityScore`
+    (`reference=`, or a Gaussian-mixture target). Returns the bound, its two terms, and standard errors.
     """
 
     def _measure(self, key, score, reference, process, x0):
-        if not callable(getattr(reference, "log_prob", None)):
+        if not isinstance(reference, AbstractDensityScore):
             return {}
         return girsanov_bound(key, score, reference, process, x0, n=self.n)
 

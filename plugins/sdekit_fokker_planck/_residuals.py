@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from sdekit import AbstractProcess, AbstractScore
+from sdekit import AbstractDensityScore, AbstractPotentialScore, AbstractProcess, AbstractScore
 
 from sdekit.fokker_planck import (
     check_divergence,
@@ -103,13 +103,10 @@ def _mean_se(values: Array) -> tuple[float, float]:
     return float(jnp.mean(values)), float(jnp.std(values, ddof=1) / math.sqrt(n))
 
 
-def _potential_of(score) -> Callable | None:
-    """`score.potential` (a potential net), else `score.log_prob` (an exact score), else `None`."""
-    for name in ("potential", "log_prob"):
-        fn = getattr(score, name, None)
-        if callable(fn):
-            return fn
-    return None
+def _potential_of(score: AbstractScore) -> Callable | None:
+    """`score.potential` for an `sdekit.AbstractPotentialScore` (a potential net; for an
+    exact `AbstractDensityScore` it is `log_prob`), else `None`."""
+    return score.potential if isinstance(score, AbstractPotentialScore) else None
 
 
 @eqx.filter_jit
@@ -145,7 +142,7 @@ def fp_residual_values(
     r"""Per point: an unbiased estimate of $\|R(t_i, x_i)\|^2$, and the scale of the two sides.
 
     The score residual, or with `log_density=True` the log-density residual of the score's
-    `potential` (or `log_prob`). Exact divergences, or Hutchinson with `probes` Rademacher
+    `potential` (an `sdekit.AbstractPotentialScore`). Exact divergences, or Hutchinson with `probes` Rademacher
     probes per point (`squared_norm_estimate`). `chunk` points are vmapped at a time.
     """
     check_divergence(divergence, probes)
@@ -155,8 +152,8 @@ def fp_residual_values(
     potential = _potential_of(score)
     if potential is None:
         raise ValueError(
-            f"{type(score).__name__} has no `potential(t, x)` or `log_prob(t, x)`, so it has no "
-            "log-density residual"
+            f"{type(score).__name__} is not an sdekit.AbstractPotentialScore (no `potential(t, x)`), "
+            "so it has no log-density residual; pass log_density=False or a potential score"
         )
     return _squared_residuals(log_fp_residual, potential, process, ts, xs, keys, divergence, probes, chunk)
 
@@ -201,7 +198,7 @@ def fp_residual(
     Returns `fp_residual`, `fp_residual_se`, `fp_residual_relative`
     ($\sqrt{E\|R\|^2 / E[\text{scale}]}$, see `score_fp_residual`), the lists
     `fp_residual_bins`, `fp_residual_bins_se` (length `bins`) and `fp_residual_bin_edges`
-    (length `bins + 1`); and for a score with a `potential` (or `log_prob`) the same for the
+    (length `bins + 1`); and for an `sdekit.AbstractPotentialScore` (with `potential`) the same for the
     log-density residual, prefixed `log_` (the edges are shared).
     """
     lo = process.t_min if t_min is None else t_min
@@ -273,13 +270,16 @@ def girsanov_bound(
 
     $\mathrm{KL}(p_{t_{\max}} \| \text{prior}) + \tfrac12\int_{t_{\min}}^{t_{\max}} g(t)^2
     E_{p_t}\|s_\theta - \nabla\log p_t\|^2\,dt$ (the reverse SDE in continuous time, started
-    from the process's prior). `reference` is the exact score and must have `log_prob(t, x)`
-    (the exact mixture score does). Returns `girsanov_bound`, its standard error
+    from the process's prior). `reference` is the exact score, an `sdekit.AbstractDensityScore`
+    (the exact mixture score is one). Returns `girsanov_bound`, its standard error
     `girsanov_bound_se`, and the two terms `kl_prior` (Monte Carlo, `kl_prior_se`) and
     `score_term` (`score_term_se`).
     """
-    if not callable(getattr(reference, "log_prob", None)):
-        raise ValueError(f"the reference score {type(reference).__name__} needs log_prob(t, x) for KL(p_T || prior)")
+    if not isinstance(reference, AbstractDensityScore):
+        raise ValueError(
+            f"the reference score {type(reference).__name__} must be an sdekit.AbstractDensityScore "
+            "(with an exact log_prob(t, x), as the exact mixture score has) for KL(p_T || prior)"
+        )
     k_pts, k_prior = jax.random.split(key)
     lo, hi = process.t_min, process.t_max
     ts, xs = noised_points(k_pts, process, x0, n)

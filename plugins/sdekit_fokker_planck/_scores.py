@@ -1,4 +1,3 @@
-import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, ScalarLike
 
@@ -7,8 +6,12 @@ from sdekit import AbstractScore
 
 class SinePerturbedScore(AbstractScore):
     r"""$s(t, x) + \varepsilon \sin(\omega x)$ (componentwise): a score with an error that is
-    small in $L^2$ but has Lipschitz constant $\varepsilon\omega$ (seed 000's experiments).
-    It has no `log_prob` or `potential`: nothing of the base's exactness is passed on.
+    small in $L^2$ but has Lipschitz constant $\varepsilon\omega$, for testing how the
+    diagnostics respond to a known error.
+
+    A plain `sdekit.AbstractScore`, even when the base is a density score: the perturbed
+    field has no exact `log_prob`, and it declares no `potential`, so the diagnostics
+    compare it with the exact score and compute its score residual only.
     """
 
     base: AbstractScore

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar, ScalarLike
 
-from sdekit import AbstractProcess, AbstractScore
+from sdekit import AbstractPotentialScore, AbstractProcess, AbstractScore
 
 __all__ = ["ACTIVATIONS", "INPUT_SCALES", "KINDS", "PotentialNet", "ScoreNet", "TimeEmbedding", "score_network"]
 
@@ -75,9 +75,11 @@ class ScoreNet(_Net):
         return self._raw(t, x)
 
 
-class PotentialNet(_Net):
+class PotentialNet(_Net, AbstractPotentialScore):
     r"""A potential network: a scalar $u_\theta(t, x) = \mathrm{MLP}(x, \mathrm{emb}(t))$ (an
-    unnormalised $\log p_t$), whose gradient is the score, $s_\theta = \nabla_x u_\theta$."""
+    unnormalised $\log p_t$), whose gradient is the score, $s_\theta = \nabla_x u_\theta$.
+
+    An `sdekit.AbstractPotentialScore`, so the log-density Fokker–Planck residual applies."""
 
     def potential(self, t: ScalarLike, x: Float[Array, " d"]) -> Scalar:
         """$u_\\theta(t, x)$."""
