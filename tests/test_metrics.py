@@ -332,6 +332,28 @@ def test_weights_diagnostic_from_constructed_samples():
     assert "log_Z_error" not in diag(KEY, samples=sdekit.Samples(x, lw))
 
 
+class _ExactPathSampler(sdekit.AbstractPathSampler):
+    """Exact draws of a target with a known log Z: every trajectory's log-weight is log Z."""
+
+    target: sdekit.AbstractTarget
+
+    def sample(self, key, n):
+        return sdekit.Samples(self.target.sample(key, n), jnp.full(n, self.target.log_Z))
+
+    def backward_log_weights(self, key, x):
+        return jnp.full(x.shape[0], self.target.log_Z)
+
+
+def test_weights_diagnostic_gives_eubo_for_a_path_sampler():
+    target = sdekit.create("target", "gaussian")  # log Z = 1.5
+    sampler = _ExactPathSampler(target)
+    samples = sampler.sample(KEY, N)
+    diag = sdekit.create("diagnostic", "weights")
+    out = diag(KEY, target=target, sampler=sampler, samples=samples)
+    assert out["eubo"] == pytest.approx(1.5) and out["elbo"] == pytest.approx(1.5)
+    assert "eubo" not in diag(KEY, target=_NoExactSamples(), sampler=sampler, samples=samples)
+
+
 def test_weights_diagnostic_with_a_real_sampler():
     if "reverse-sde" not in sdekit.registry().entries["sampler"]:
         pytest.skip("the samplers plugin is not installed")

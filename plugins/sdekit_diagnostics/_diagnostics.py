@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from sdekit import AbstractDiagnostic, AbstractSampler, AbstractTarget, Samples
+from sdekit import AbstractDiagnostic, AbstractPathSampler, AbstractSampler, AbstractTarget, Samples
 
 from sdekit.metrics import elbo, emc, ess, eubo, log_Z, mmd, mode_coverage, sinkhorn, sliced_w2, w2
 
@@ -43,8 +43,8 @@ class Weights(AbstractDiagnostic):
     sample size in $(0, 1]$, `log_Z_error` is `log_Z - target.log_Z` where the target's
     $\\log Z$ is known, and `n_nonfinite_weights` counts log-weights that are NaN or
     $\\pm\\infty$ ($-\\infty$ is a zero weight and enters the sums as such; a NaN makes
-    `log_Z`, `elbo` and `ess` NaN, written as `null`). For a sampler with
-    `backward_log_weights` (the trained samplers) and a target with exact samples, `eubo`
+    `log_Z`, `elbo` and `ess` NaN, written as `null`). For an `sdekit.AbstractPathSampler`
+    (one with `backward_log_weights`, such as the trained samplers) and a target with exact samples, `eubo`
     is the mean log-weight of as many trajectories run backwards from exact samples.
     """
 
@@ -68,7 +68,7 @@ class Weights(AbstractDiagnostic):
         if known is not None:
             out["log_Z_error"] = out["log_Z"] - float(known)
         out["n_nonfinite_weights"] = int(np.sum(~np.isfinite(lw)))
-        if hasattr(sampler, "backward_log_weights") and target is not None and target.has_exact_samples:
+        if isinstance(sampler, AbstractPathSampler) and _exact_target(target):
             k_x, k_path = jax.random.split(key)
             x = target.sample(k_x, lw.shape[0])
             out["eubo"] = float(eubo(sampler.backward_log_weights(k_path, x)))
