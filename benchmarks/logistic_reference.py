@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from jax.scipy.optimize import minimize  # noqa: E402
 from jax.scipy.special import gammaln  # noqa: E402
 
-from sdekit_numpyro._logistic import REFERENCE, LogisticRegression, breast_cancer_data  # noqa: E402
+from sdekit_numpyro import REFERENCE_FILE, LogisticRegression, breast_cancer_data  # noqa: E402
 
 
 def laplace(target: LogisticRegression):
@@ -132,7 +132,7 @@ def main() -> None:
     p.add_argument("--pilot-draws", type=float, default=2e5, help="pilot draws (default 2e5)")
     p.add_argument("--dof", type=float, default=10.0, help="Student-t degrees of freedom")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=REFERENCE)
+    p.add_argument("--out", type=Path, default=REFERENCE_FILE)
     p.add_argument("--dry-run", action="store_true", help="print, write nothing")
     args = p.parse_args()
 

@@ -268,7 +268,8 @@ def test_missing_file_and_module():
 
 
 def cli_error(result) -> str:
-    lines = result.output.strip().splitlines()
+    """The error of a failed command: one line (after the progress line, if it got that far)."""
+    lines = [line for line in result.output.strip().splitlines() if not line.startswith("sampling ")]
     assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("Error: "), \
         result.output
     return lines[0]

@@ -13,7 +13,7 @@ from jaxtyping import Array, Float
 from sdekit import AbstractTarget
 
 #: The stored reference run (`benchmarks/logistic_reference.py` writes it).
-REFERENCE = Path(__file__).parent / "data" / "logistic_breast_cancer_log_Z.json"
+REFERENCE_FILE = Path(__file__).parent / "data" / "logistic_breast_cancer_log_Z.json"
 
 
 @functools.cache
@@ -34,7 +34,7 @@ def breast_cancer_data() -> tuple[np.ndarray, np.ndarray]:
 
 def reference() -> dict:
     """The stored reference run: `log_Z`, its `standard_error`, the method and its cost."""
-    return json.loads(REFERENCE.read_text())
+    return json.loads(REFERENCE_FILE.read_text())
 
 
 class LogisticRegression(AbstractTarget):
@@ -86,5 +86,5 @@ def logistic_breast_cancer() -> LogisticRegression:
     see `docs/numpyro.md`).
     """
     X, y = breast_cancer_data()
-    log_Z = reference()["log_Z"] if REFERENCE.exists() else None
+    log_Z = reference()["log_Z"] if REFERENCE_FILE.exists() else None
     return LogisticRegression(X, y, log_Z=log_Z)
