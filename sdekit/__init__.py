@@ -44,6 +44,7 @@ from ._train import (
 from . import io, metrics
 from ._config import ConfigError, check_section, derive_seed, load_config, parse_set, resolve_config
 from ._run import Run, RunError, RunWarning, diagnose, load_run, run
+from ._suggest import did_you_mean
 from .hookspecs import hookimpl
 
 __version__ = importlib.metadata.version("sdekit")
@@ -56,6 +57,7 @@ __all__ = [
     "check_section",
     "derive_seed",
     "diagnose",
+    "did_you_mean",
     "io",
     "load_config",
     "load_run",

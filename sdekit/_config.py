@@ -129,7 +129,7 @@ def check_section(
     for key in given:
         if key not in options and not takes_any:
             raise ConfigError(
-                f"unknown option {section}.{key}{of}.{did_you_mean(key, options)} Its options "
+                f"unknown option {section}.{key}{of}.{did_you_mean(key, options, n=2)} Its options "
                 f"are: {', '.join(options) or 'none'}"
             )
     out: dict[str, Any] = {}

@@ -68,7 +68,8 @@ class Run:
     - `config`: the complete configuration (`sdekit.resolve_config`); written as
       `config.toml`, it reproduces the run bit for bit.
     - `sampler`: the composed sampler, trained where it trains.
-    - `target`: the target sampled.
+    - `target`: the target sampled (`None` for a run that learns from data, such as
+      `sdekit train-score`'s).
     - `samples`: the `Samples` drawn (`x`, and `log_weights` where the sampler gives them).
     - `metrics`: what `metrics.json` holds: `n`, `dim`, `seed`, `n_nonfinite`,
       `has_log_weights`, timings, and the diagnostics' values (e.g. `log_Z`, `ess`).
@@ -77,7 +78,7 @@ class Run:
 
     config: dict[str, Any]
     sampler: AbstractSampler
-    target: AbstractTarget
+    target: AbstractTarget | None
     samples: Samples
     metrics: dict[str, Any]
     directory: Path | None = None

@@ -8,7 +8,6 @@ mistake is reported as one line, `Error: ...`, on stderr with a non-zero exit st
 
 import importlib.metadata
 import inspect
-import math
 import sys
 import traceback
 import warnings
@@ -22,17 +21,13 @@ import jax
 import sdekit
 
 from . import _config, _run, io
-from ._errors import SdekitError, UnknownNameError
-from ._info import info_report, plugins_report
+from ._errors import SdekitError
+from ._info import PLURALS, format_default, format_metric, info_report, parse_kind, plugins_report, run_rows
 from ._plugins import KINDS, PARTS
-from ._run import RUN_KEYS, RunWarning, compose_config, default_directory
-from ._suggest import did_you_mean
+from ._run import RunWarning, compose_config, default_directory
 
 __all__ = ["cli", "main"]
 
-#: The plural names the command line accepts for each kind (the singular works too).
-PLURALS = {"target": "targets", "process": "processes", "score": "scores",
-           "controller": "controllers", "sampler": "samplers", "diagnostic": "diagnostics"}
 _EMPTY = inspect.Parameter.empty
 
 
@@ -204,24 +199,6 @@ def _echo_rows(rows: Iterable[Sequence[str]], indent: str = "") -> None:
         click.echo((indent + "  ".join(cells)).rstrip())
 
 
-def _format_metric(v: Any) -> str:
-    if v is None:
-        return "nan"
-    if isinstance(v, float):
-        return f"{v:.6g}" if math.isfinite(v) else str(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_format_metric(u) for u in v[:8]) + (", ...]" if len(v) > 8 else "]")
-    return str(v)
-
-
-def _format_default(value: Any) -> str:
-    if value is _EMPTY:
-        return "(required)"
-    if value is not None and io.is_toml_value(value):
-        return io.toml_dumps({"v": value})[4:].strip()
-    return repr(value)
-
-
 # --------------------------------------------------------------------------------------
 # info, plugins, list, show
 
@@ -271,17 +248,6 @@ def plugins(as_json: bool) -> None:
         _echo_rows([(f["plugin"], f["error"]) for f in report["failures"]], indent="  ")
 
 
-def _kind(text: str) -> str:
-    """A kind from its singular or plural name, case-insensitively."""
-    t = text.strip().lower()
-    for kind, plural in PLURALS.items():
-        if t in (kind, plural):
-            return kind
-    known = list(PLURALS.values())
-    raise UnknownNameError(f"unknown kind {text!r}.{did_you_mean(t, known)} Available: "
-                           f"{', '.join(known)}.")
-
-
 @cli.command(name="list")
 @click.argument("kind", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -292,7 +258,7 @@ def list_(kind: str | None, as_json: bool) -> None:
     (singular works too).
     """
     reg = sdekit.registry()
-    kinds = [_kind(kind)] if kind else list(KINDS)
+    kinds = [parse_kind(kind)] if kind else list(KINDS)
     data = {PLURALS[k]: [{"name": n, "plugin": reg.entries[k][n].plugin,
                           "description": reg.entries[k][n].description} for n in reg.names(k)]
             for k in kinds}
@@ -322,7 +288,7 @@ def show(kind: str, name: str, as_json: bool) -> None:
     (singular works too). Options are set with `sdekit sample --set KIND.OPTION=VALUE`
     or in a [KIND] section of a config file.
     """
-    entry = sdekit.registry().get(_kind(kind), name)
+    entry = sdekit.registry().get(parse_kind(kind), name)
     params = entry.parameters()
     parts = {p: params[p].default for p in PARTS if p in params}
     options, doc = entry.options(), inspect.getdoc(entry.factory) or ""
@@ -339,13 +305,13 @@ def show(kind: str, name: str, as_json: bool) -> None:
     if parts:
         click.echo("\nparts:")
         _echo_rows([(p, "(the target sampled)" if p == "target" else "(required)" if d is _EMPTY
-                     else "(none)" if d is None else _format_default(d))
+                     else "(none)" if d is None else format_default(d))
                     for p, d in parts.items()], indent="  ")
     click.echo()
     if not options:
         return click.echo("options: none")
     click.echo("options:")
-    _echo_rows([(o, _format_default(d)) for o, d in options.items()], indent="  ")
+    _echo_rows([(o, format_default(d)) for o, d in options.items()], indent="  ")
 
 
 # --------------------------------------------------------------------------------------
@@ -359,19 +325,6 @@ def _check_bounds(n: int | None, steps: int | None, seed: int | None) -> None:
     if seed is not None and seed > _config.MAX_SEED:
         raise click.BadParameter(f"must be <= {_config.MAX_SEED}, got {seed}",
                                  param_hint="'--seed'")
-
-
-def _result_rows(result: sdekit.Run) -> list[tuple[str, str]]:
-    m = result.metrics
-    rows = [("time", f"{m['sample_seconds']:.3g} s sampling, {m['compile_seconds']:.3g} s "
-                     f"compiling" + (f", {m['train_seconds']:.3g} s training"
-                                     if m["train_seconds"] else ""))]
-    for k, v in m.items():
-        if k not in RUN_KEYS:
-            rows.append((k, _format_metric(v)))
-            if k == "log_Z" and result.target.log_Z is not None:
-                rows[-1] = (k, f"{rows[-1][1]}  (known log Z: {float(result.target.log_Z):.6g})")
-    return rows
 
 
 @cli.command()
@@ -450,7 +403,7 @@ def sample(target, sampler, process, score, controller, steps, train_iters, batc
                f"{cfg['sampler']['name']} (seed {cfg['seed']})...", err=True)
     result = sdekit.run(cfg, out=out_dir, progress=True, resume=resume_dir is not None,
                         strict=_debugging())
-    _echo_rows(_result_rows(result))
+    _echo_rows(run_rows(result))
     click.echo(f"wrote {out_dir}/ ({', '.join(p for p in _run.OUTPUT_FILES if (out_dir / p).exists())})")
 
 
@@ -485,7 +438,7 @@ def diagnose(run_dir, names, sets) -> None:
     results = sdekit.diagnose(run, options, strict=_debugging())
     for name in names:
         if name in results:
-            _echo_rows([(f"{name}.{k}", _format_metric(v)) for k, v in results[name].items()]
+            _echo_rows([(f"{name}.{k}", format_metric(v)) for k, v in results[name].items()]
                        or [(name, "(does not apply to this run)")])
     pngs = [f"{n}.png" for n in results if (Path(run_dir) / f"{n}.png").exists()]
     click.echo(f"wrote {Path(run_dir) / 'diagnostics.json'}" + "".join(f", {p}" for p in pngs))

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import click
 
-from sdekit import io as _io
+import sdekit
 
 from ._data import DATASETS
-from ._run import SECTIONS, ConfigError, build, resolve, train_run
+from ._run import SECTIONS, build, resolve, train_run
 
 __all__ = ["train_score"]
 
@@ -68,13 +68,7 @@ def train_score(data, process, kind, steps, fp_weight, seed, sets, out, resume_d
                 f"{', '.join(given) or '--out'}"
             )
         path = Path(resume_dir) / "config.toml"
-        if not path.is_file():
-            raise ConfigError(f"--resume: {path} does not exist; is {resume_dir} a run?")
-        try:
-            config = _io.load_toml(path)
-        except ValueError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from e
-        cfg = resolve(config)
+        cfg = resolve(sdekit.load_config(path), source=str(path))
         out = resume_dir
     else:
         if data is None:
@@ -86,13 +80,13 @@ def train_score(data, process, kind, steps, fp_weight, seed, sets, out, resume_d
         extra += [f"training.fp_weight={fp_weight}"] if fp_weight is not None else []
         cfg = resolve(data=data, process=process, seed=seed, sets=(*extra, *sets))
         out = out or f"runs/score-{Path(str(data)).stem}-{cfg['process']['name']}"
-    _io.check_writable_dir(out)
+    sdekit.io.check_writable_dir(out)
     parts = build(cfg)
     click.echo(f"training a {cfg['model']['kind']} net on {cfg['data']['source']} under "
                f"{cfg['process']['name']} ({cfg['training']['steps']} steps, seed {cfg['seed']})"
                + (" (resuming)" if resume_dir else "") + "...", err=True)
-    result = train_run(cfg, out, resume=resume_dir is not None, progress=not quiet, parts=parts)
-    m = result["metrics"]
+    run = train_run(cfg, out, resume=resume_dir is not None, progress=not quiet, parts=parts)
+    m = run.metrics
     rows = [("dsm loss", f"{m['dsm_loss']:.5g} (held out {m['dsm_loss_held_out']:.5g})"),
             ("fp residual (held out)", f"{m['fp_residual_held_out']:.5g}")]
     for name in ("sde", "ode"):

@@ -21,14 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import sdekit
-from sdekit import AbstractProcess
-from sdekit import io as _io
+from sdekit import AbstractProcess, did_you_mean
+from sdekit import io as sio
+from sdekit.metrics import mmd, sinkhorn, sliced_w2, w2
 
 from ._data import DATASETS, dataset, load_data
 from ._dsm import sample_ode, sample_sde, score_matching
 from ._networks import PotentialNet, ScoreNet, score_network
 
-__all__ = ["ConfigError", "build", "learned", "load_run", "resolve", "train_run"]
+__all__ = ["build", "learned", "load_run", "resolve", "train_run"]
 
 #: The files of a run directory.
 RUN_FILES = ("config.toml", "checkpoint.eqx", "model.eqx", "samples.npz", "metrics.json",
@@ -43,10 +44,6 @@ DATA_DEFAULTS = {"n": 10_000, "holdout": 0.2}
 SECTIONS = ("data", "process", "model", "training", "sampling")
 
 
-class ConfigError(sdekit.SdekitError):
-    """A `train-score` configuration that cannot describe a run."""
-
-
 def _defaults(fn, skip: Iterable[str]) -> dict[str, Any]:
     return {
         n: p.default for n, p in inspect.signature(fn).parameters.items()
@@ -54,28 +51,44 @@ def _defaults(fn, skip: Iterable[str]) -> dict[str, Any]:
     }
 
 
-def _section_defaults() -> dict[str, dict[str, Any]]:
+def _section_options() -> dict[str, dict[str, Any]]:
+    """Each section's options and their defaults (`[process]`'s come from its factory)."""
+    empty = inspect.Parameter.empty
     return {
-        "data": dict(DATA_DEFAULTS),
+        "data": {"source": empty, **DATA_DEFAULTS, "dim": None, "sha256": None},
         "model": _defaults(score_network, ("dim", "process", "key")),
         "training": _defaults(score_matching, ("data", "net", "n_data", "data_key")),
         "sampling": dict(SAMPLING_DEFAULTS),
     }
 
 
-def _coerce(where: str, value: Any, default: Any) -> Any:
-    if default is None or isinstance(default, str):
-        return value
-    if isinstance(default, bool) or isinstance(value, bool):
-        if type(value) is not type(default):
-            what = "true or false" if isinstance(default, bool) else "a number"
-            raise ConfigError(f"{where} must be {what}, got {value!r}")
-        return value
-    if isinstance(default, (int, float)):
-        if not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value) if isinstance(default, float) else value
-    return value
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not (isinstance(seed, int) and 0 <= seed < 2**32):
+        raise sdekit.ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    return seed
+
+
+def _merge(config: Mapping[str, Any] | None, source: str) -> dict[str, Any]:
+    cfg: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v)
+                           for k, v in (config or {}).items()}
+    top = ("seed", *SECTIONS)
+    for key in cfg:
+        if key not in top:
+            raise sdekit.ConfigError(
+                f"{source}: unknown key {key!r}.{did_you_mean(key, top)} The keys are "
+                f"{', '.join(top)}")
+    for s in SECTIONS:
+        if not isinstance(cfg.setdefault(s, {}), dict):
+            raise sdekit.ConfigError(f"[{s}] must be a table, got {cfg[s]!r}")
+    return cfg
+
+
+def _process_section(section: Mapping[str, Any]) -> dict[str, Any]:
+    name = section.get("name", "vp")
+    entry = sdekit.registry().get("process", name)
+    given = {k: v for k, v in section.items() if k != "name"}
+    return {"name": name, **sdekit.check_section("process", given, entry.options(),
+                                                 owner=f"process {name!r}")}
 
 
 def resolve(
@@ -85,56 +98,29 @@ def resolve(
     process: str | None = None,
     seed: int | None = None,
     sets: Iterable[str] = (),
+    source: str = "config",
 ) -> dict[str, Any]:
-    """The complete configuration of a run: `config` (a loaded `config.toml`, or nothing),
-    then `data`, `process`, `seed`, then `--set SECTION.OPTION=VALUE` strings, with every
-    default filled in. Raises `ConfigError` for unknown sections or options."""
-    cfg: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v)
-                           for k, v in (config or {}).items()}
-    unknown = sorted(set(cfg) - {"seed", *SECTIONS})
-    if unknown:
-        raise ConfigError(f"unknown configuration key(s) {', '.join(unknown)}; the keys are "
-                          f"seed, {', '.join(SECTIONS)}")
-    for s in SECTIONS:
-        cfg.setdefault(s, {})
-        if not isinstance(cfg[s], dict):
-            raise ConfigError(f"[{s}] must be a table, got {cfg[s]!r}")
+    """The complete configuration of a run, with the core's configuration rules
+    (`sdekit.parse_set`, `sdekit.check_section`: "did you mean" for every option, type
+    checks, defaults filled in): `config` (a loaded `config.toml`, or nothing), then
+    `data`, `process`, `seed`, then `--set SECTION.OPTION=VALUE` strings.
+    Raises `sdekit.ConfigError`."""
+    cfg = _merge(config, source)
     if data is not None:
         cfg["data"]["source"] = data
     if process is not None and process != cfg["process"].get("name"):
         cfg["process"] = {"name": process}
-    cfg["process"].setdefault("name", "vp")
-    if seed is not None:
-        cfg["seed"] = seed
-    cfg.setdefault("seed", 0)
+    cfg["seed"] = _check_seed(seed if seed is not None else cfg.get("seed", 0))
     for text in sets:
-        key, eq, raw = text.partition("=")
-        section, dot, option = key.strip().partition(".")
-        if not eq or not dot or section not in SECTIONS or not option or not raw.strip():
-            raise ConfigError(f"--set expects SECTION.OPTION=VALUE with SECTION one of "
-                              f"{', '.join(SECTIONS)}, got {text!r}")
-        cfg[section][option] = _io.parse_toml_value(raw.strip())
+        section, option, value = sdekit.parse_set(text, SECTIONS)
+        cfg[section][option] = value
     if "source" not in cfg["data"]:
-        raise ConfigError("no data: give DATA (a .npy/.npz file or one of "
-                          f"{', '.join(DATASETS)})")
-    if isinstance(cfg["seed"], bool) or not (isinstance(cfg["seed"], int) and 0 <= cfg["seed"] < 2**32):
-        raise ConfigError(f"seed must be an integer in [0, 2**32), got {cfg['seed']!r}")
-    defaults = _section_defaults()
-    for s, opts in defaults.items():
-        extra = sorted(set(cfg[s]) - set(opts) - ({"source", "dim", "sha256"} if s == "data" else set()))
-        if extra:
-            raise ConfigError(f"unknown option(s) {', '.join(f'{s}.{e}' for e in extra)}; "
-                              f"[{s}] takes {', '.join(opts)}")
-        for k, default in opts.items():
-            if k in cfg[s]:
-                cfg[s][k] = _coerce(f"{s}.{k}", cfg[s][k], default)
-            elif default is not None:
-                cfg[s][k] = default
-    entry = sdekit.registry().get("process", cfg["process"]["name"])
-    for k, default in entry.options().items():
-        if k not in cfg["process"] and default is not None and _io.is_toml_value(default):
-            cfg["process"][k] = default
-    return cfg
+        raise sdekit.ConfigError(f"no data: give DATA (a .npy/.npz file or one of "
+                                 f"{', '.join(DATASETS)})")
+    for s, options in _section_options().items():
+        cfg[s] = sdekit.check_section(s, cfg[s], options)
+    cfg["process"] = _process_section(cfg["process"])
+    return {"seed": cfg["seed"], **{s: cfg[s] for s in SECTIONS}}
 
 
 def _load_data(cfg: dict[str, Any], key) -> np.ndarray:
@@ -142,21 +128,21 @@ def _load_data(cfg: dict[str, Any], key) -> np.ndarray:
     if source in DATASETS:
         n = cfg["data"]["n"]
         if isinstance(n, bool) or not (isinstance(n, int) and n >= 4):
-            raise ConfigError(f"data.n must be an integer >= 4, got {n!r}")
+            raise sdekit.ConfigError(f"data.n must be an integer >= 4, got {n!r}")
         return np.asarray(dataset(source, key, n))
     path = Path(source)
     if path.suffix not in (".npy", ".npz") and not path.exists():
-        raise ConfigError(f"DATA {source!r} is neither a .npy/.npz file nor a built-in data "
+        raise sdekit.ConfigError(f"DATA {source!r} is neither a .npy/.npz file nor a built-in data "
                           f"set ({', '.join(DATASETS)})")
     return load_data(path)
 
 
 def _split(x: np.ndarray, holdout: float, key) -> tuple[np.ndarray, np.ndarray]:
     if not 0 < holdout < 1:
-        raise ConfigError(f"data.holdout must be a fraction in (0, 1), got {holdout!r}")
+        raise sdekit.ConfigError(f"data.holdout must be a fraction in (0, 1), got {holdout!r}")
     m = int(round(holdout * x.shape[0]))
     if m < 2 or x.shape[0] - m < 2:
-        raise ConfigError(f"data.holdout={holdout} of {x.shape[0]} points leaves fewer than 2 "
+        raise sdekit.ConfigError(f"data.holdout={holdout} of {x.shape[0]} points leaves fewer than 2 "
                           "points on one side")
     perm = np.asarray(jax.random.permutation(key, x.shape[0]))
     return x[perm[m:]], x[perm[:m]]
@@ -180,7 +166,7 @@ def _network(cfg: Mapping[str, Any], dim: int, process: AbstractProcess, key) ->
     try:
         return score_network(dim, process, **cfg["model"], key=key)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"[model]: {e}") from e
+        raise sdekit.ConfigError(f"[model]: {e}") from e
 
 
 def build(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +178,7 @@ def build(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg["data"]["source"] not in DATASETS:
         digest = _digest(x)
         if cfg["data"].setdefault("sha256", digest) != digest:
-            raise ConfigError(f"{cfg['data']['source']} has changed since the run started "
+            raise sdekit.ConfigError(f"{cfg['data']['source']} has changed since the run started "
                               "(its sha256 differs from the one in config.toml)")
     cfg["data"]["dim"] = int(x.shape[1])
     train_x, held_out = _split(x, cfg["data"]["holdout"], keys["split"])
@@ -201,13 +187,11 @@ def build(cfg: dict[str, Any]) -> dict[str, Any]:
     try:
         model = score_matching(jnp.asarray(train_x), net, **cfg["training"])
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"[training]: {e}") from e
+        raise sdekit.ConfigError(f"[training]: {e}") from e
     return {"model": model, "process": process, "held_out": held_out, "keys": keys}
 
 
 def _sample_metrics(x: np.ndarray, ref: np.ndarray, key) -> dict[str, Any]:
-    from sdekit_diagnostics import mmd, sinkhorn, sliced_w2, w2
-
     finite = x[np.all(np.isfinite(x), axis=1)]
     out: dict[str, Any] = {"n_nonfinite": int(x.shape[0] - finite.shape[0])}
     m = min(finite.shape[0], ref.shape[0])
@@ -267,20 +251,44 @@ def plot_samples(held_out: np.ndarray, sde: np.ndarray, ode: np.ndarray, title: 
     return buf.getvalue()
 
 
-def write_files(out_dir: Path, files: Mapping[str, bytes | str | None]) -> None:
-    """Each file written atomically into `out_dir` (created); `None` removes a stale one."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        if content is None:
-            (out_dir / name).unlink(missing_ok=True)
-        else:
-            _io.atomic_write(out_dir / name, content)
-
-
 def _serialise(tree) -> bytes:
     buf = io.BytesIO()
     eqx.tree_serialise_leaves(buf, tree)
     return buf.getvalue()
+
+
+def _draw(net, process: AbstractProcess, cfg: Mapping[str, Any], key
+          ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Reverse-SDE and PF-ODE samples from the same prior draws, and their timings."""
+    s, dim = cfg["sampling"], cfg["data"]["dim"]
+    t0 = time.perf_counter()
+    sde = np.asarray(sample_sde(net, process, key, s["n"], dim, steps=s["steps"],
+                                spacing=s["spacing"]))
+    t1 = time.perf_counter()
+    ode = np.asarray(sample_ode(net, process, key, s["n"], dim, solver=s["ode_solver"],
+                                steps=s["ode_steps"], rtol=s["rtol"], atol=s["atol"]))
+    return sde, ode, {"sde_seconds": t1 - t0, "ode_seconds": time.perf_counter() - t1}
+
+
+def _metrics(trained, history, held_out: np.ndarray, sde: np.ndarray, ode: np.ndarray,
+             key) -> dict[str, Any]:
+    """Training and held-out losses, and each sampler's distances to the held-out data."""
+    last = max(1, min(100, len(history["dsm"]) // 10))
+    metrics: dict[str, Any] = {
+        "dsm_loss": float(np.nanmean(history["dsm"][-last:])),
+        **({"fp_loss": float(np.nanmean(history["fp"][-last:]))} if "fp" in history else {}),
+        **_evaluate(trained, held_out, key),
+        "n_train": int(trained.data.shape[0]),
+        "n_held_out": int(held_out.shape[0]),
+        "train_seconds": float(history["train_seconds"]),
+    }
+    k_sde, k_ode = jax.random.split(key)
+    metrics["sde"] = _sample_metrics(sde, held_out, k_sde)
+    metrics["ode"] = _sample_metrics(ode, held_out, k_ode)
+    both = np.all(np.isfinite(sde), axis=1) & np.all(np.isfinite(ode), axis=1)
+    m = min(int(both.sum()), 5000)
+    metrics["ode_sde_w2"] = w2(ode[both][:m], sde[both][:m]) if m >= 1 else None
+    return metrics
 
 
 def train_run(
@@ -290,62 +298,38 @@ def train_run(
     resume: bool = False,
     progress: bool = True,
     parts: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> sdekit.Run:
     """Train, sample and evaluate the run `cfg` (from `resolve`), writing its files to `out_dir`.
 
     Writes `config.toml` first (unless resuming), then `checkpoint.eqx` while training
     (a run that finds it continues from it), and at the end `model.eqx`, `samples.npz`
     (`sde`, `ode`: `(n, d)` samples from the same prior draws), `metrics.json` and
     `samples.png`, each atomically. `parts`: what `build(cfg)` returned, if already built.
-    Returns the trained network, the metrics, the history and the samples.
+
+    Returns a `sdekit.Run`: its sampler is the registered `reverse-sde` driven by the
+    trained network, its samples the reverse-SDE ones, and its target `None` (the run
+    learns from data).
     """
-    out_dir = Path(out_dir)
-    _io.check_writable_dir(out_dir)
+    out_dir = sio.check_writable_dir(out_dir)
     parts = build(cfg) if parts is None else parts
     model, process, held_out, keys = parts["model"], parts["process"], parts["held_out"], parts["keys"]
     if not resume:
-        write_files(out_dir, {"config.toml": _io.toml_dumps(cfg), "checkpoint.eqx": None,
-                              "model.eqx": None})
+        sio.write_files(out_dir, {"config.toml": sio.toml_dumps(cfg), "checkpoint.eqx": None,
+                                  "model.eqx": None})
     trained, history = sdekit.train(model, keys["train"], checkpoint=out_dir / "checkpoint.eqx",
                                     progress=progress)
-    net = trained.net
-    s = cfg["sampling"]
-    dim = cfg["data"]["dim"]
-    t0 = time.perf_counter()
-    sde = np.asarray(sample_sde(net, process, keys["sample"], s["n"], dim, steps=s["steps"],
-                                spacing=s["spacing"]))
-    t1 = time.perf_counter()
-    ode = np.asarray(sample_ode(net, process, keys["sample"], s["n"], dim, solver=s["ode_solver"],
-                                steps=s["ode_steps"], rtol=s["rtol"], atol=s["atol"]))
-    t2 = time.perf_counter()
-    last = max(1, min(100, len(history["dsm"]) // 10))
-    metrics: dict[str, Any] = {
-        "dsm_loss": float(np.nanmean(history["dsm"][-last:])),
-        **({"fp_loss": float(np.nanmean(history["fp"][-last:]))} if "fp" in history else {}),
-        **_evaluate(trained, held_out, keys["eval"]),
-        "n_train": int(model.data.shape[0]),
-        "n_held_out": int(held_out.shape[0]),
-        "train_seconds": float(history["train_seconds"]),
-        "sde_seconds": t1 - t0,
-        "ode_seconds": t2 - t1,
-    }
-    k_sde, k_ode = jax.random.split(keys["eval"])
-    metrics["sde"] = _sample_metrics(sde, held_out, k_sde)
-    metrics["ode"] = _sample_metrics(ode, held_out, k_ode)
-    both = np.all(np.isfinite(sde), axis=1) & np.all(np.isfinite(ode), axis=1)
-    from sdekit_diagnostics import w2
-
-    m = min(int(both.sum()), 5000)
-    metrics["ode_sde_w2"] = w2(ode[both][:m], sde[both][:m]) if m >= 1 else None
+    sde, ode, seconds = _draw(trained.net, process, cfg, keys["sample"])
+    metrics = {**_metrics(trained, history, held_out, sde, ode, keys["eval"]), **seconds}
     title = f"{cfg['data']['source']}, {cfg['process']['name']}, {cfg['model']['kind']} net"
-    write_files(out_dir, {
-        "model.eqx": _serialise(net),
-        "samples.npz": _io.npz_bytes(sde=sde, ode=ode),
-        "metrics.json": _io.json_dumps(metrics),
+    sio.write_files(out_dir, {
+        "model.eqx": _serialise(trained.net),
+        "samples.npz": sio.npz_bytes(sde=sde, ode=ode),
+        "metrics.json": sio.json_dumps(metrics),
         "samples.png": plot_samples(held_out, sde, ode, title),
     })
-    return {"net": net, "process": process, "metrics": metrics, "history": history,
-            "samples": {"sde": sde, "ode": ode}, "held_out": held_out}
+    sampler = sdekit.create("sampler", "reverse-sde", process=process, score=trained.net,
+                            steps=cfg["sampling"]["steps"], spacing=cfg["sampling"]["spacing"])
+    return sdekit.Run(cfg, sampler, None, sdekit.Samples(jnp.asarray(sde)), metrics, out_dir)
 
 
 def load_run(run: str | os.PathLike) -> tuple[ScoreNet | PotentialNet, dict[str, Any]]:
@@ -356,16 +340,16 @@ def load_run(run: str | os.PathLike) -> tuple[ScoreNet | PotentialNet, dict[str,
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: is {run} a finished "
                                     "`sdekit train-score` run?")
-    cfg = _io.load_toml(config_path)
+    cfg = sdekit.load_config(config_path)
     dim = cfg.get("data", {}).get("dim")
     if isinstance(dim, bool) or not isinstance(dim, int):
-        raise ConfigError(f"{config_path}: data.dim is missing or not an integer")
+        raise sdekit.ConfigError(f"{config_path}: data.dim is missing or not an integer")
     process = _process(cfg)
     skeleton = _network(cfg, dim, process, jax.random.PRNGKey(0))
     try:
         net = eqx.tree_deserialise_leaves(model_path, skeleton)
     except Exception as e:  # noqa: BLE001 - a file that does not fit its config
-        raise ConfigError(f"{model_path} does not fit the network of {config_path}: "
+        raise sdekit.ConfigError(f"{model_path} does not fit the network of {config_path}: "
                           f"{type(e).__name__}: {e}") from e
     return net, cfg
 
