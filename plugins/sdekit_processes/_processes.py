@@ -54,7 +54,7 @@ class _BetaSchedule(eqx.Module):
         if self.schedule == "linear":
             return self.beta_min + (self.beta_max - self.beta_min) * t / self.T
         # tan is evaluated only below the cap time: at t = T the phase is pi/2, which
-        # float32 rounds past pi/2, so tan came out hugely negative (beta < 0, g = NaN).
+        # float32 can round past pi/2, where tan is negative (beta < 0, g = NaN).
         rate = jnp.pi / (2 * self.T * (1 + self.cosine_offset))
         t_cap = self._t_cap()
         beta = 2 * rate * jnp.tan(self._phase(jnp.minimum(t, t_cap)))
@@ -77,6 +77,24 @@ class _BetaSchedule(eqx.Module):
         tc = jnp.minimum(t, t_cap)
         base = -2 * (jnp.log(jnp.cos(self._phase(tc))) - jnp.log(jnp.cos(self._phase(0.0))))
         return base + self.beta_max * jnp.maximum(t - t_cap, 0.0)
+
+    def increment(self, s: ScalarLike, t: ScalarLike) -> Scalar:
+        r"""$B(t) - B(s) = \int_s^t \beta$, accurate when `t` is close to `s`.
+
+        Formed from `t - s` rather than as a difference of `integral`s, whose rounding
+        error (relative to $B$) would dominate a short step's increment.
+        """
+        if self.schedule == "linear":
+            slope = 0.5 * (self.beta_max - self.beta_min) / self.T
+            return (t - s) * (self.beta_min + slope * (t + s))
+        # Below the cap: cos(phi_s + D) / cos(phi_s) = 1 - 2 sin^2(D/2) - tan(phi_s) sin(D),
+        # with D = phi_t - phi_s computed from t - s; above the cap beta is beta_max.
+        t_cap = self._t_cap()
+        sc, tc = jnp.minimum(s, t_cap), jnp.minimum(t, t_cap)
+        delta = (tc - sc) / (self.T * (1 + self.cosine_offset)) * jnp.pi / 2
+        ratio_m1 = -2 * jnp.sin(0.5 * delta) ** 2 - jnp.tan(self._phase(sc)) * jnp.sin(delta)
+        capped = self.beta_max * (jnp.maximum(t, t_cap) - jnp.maximum(s, t_cap))
+        return -2 * jnp.log1p(ratio_m1) + capped
 
 
 class VP(AbstractProcess):
@@ -119,7 +137,7 @@ class VP(AbstractProcess):
         return self.sigma * jnp.sqrt(self.schedule.beta(t))
 
     def transition(self, s, t):
-        dB = self.schedule.integral(t) - self.schedule.integral(s)
+        dB = self.schedule.increment(s, t)
         return jnp.exp(-0.5 * dB), self.sigma * jnp.sqrt(-jnp.expm1(-dB))
 
     def reference_std(self, t):
@@ -163,10 +181,10 @@ class SubVP(AbstractProcess):
         return self.sigma * jnp.sqrt(self.schedule.beta(t) * -jnp.expm1(-2 * B))
 
     def transition(self, s, t):
-        Bs, Bt = self.schedule.integral(s), self.schedule.integral(t)
+        Bs, dB = self.schedule.integral(s), self.schedule.increment(s, t)
         # Var = 1 - e^{Bs-Bt} + e^{-2Bt} - e^{-Bs-Bt}  =  (1 - e^{Bs-Bt}) (1 - e^{-Bs-Bt})
-        var = -jnp.expm1(Bs - Bt) * -jnp.expm1(-Bs - Bt)
-        return jnp.exp(-0.5 * (Bt - Bs)), self.sigma * jnp.sqrt(var)
+        var = -jnp.expm1(-dB) * -jnp.expm1(-2 * Bs - dB)
+        return jnp.exp(-0.5 * dB), self.sigma * jnp.sqrt(var)
 
     def reference_std(self, t):
         return self.sigma * -jnp.expm1(-self.schedule.integral(t))
