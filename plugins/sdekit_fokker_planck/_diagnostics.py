@@ -30,6 +30,7 @@ from sdekit import (
     Samples,
 )
 from sdekit.fokker_planck import check_divergence
+from sdekit.metrics import mmd, sliced_w2, w2
 
 from ._fv import Grid
 from ._residuals import BIN_SPACINGS, fp_residual, girsanov_bound, score_error
@@ -162,6 +163,13 @@ class FPResidual(AbstractDiagnostic):
         return fig
 
 
+def _w2_excess(x_ode: np.ndarray, x_a: np.ndarray, x_b: np.ndarray, batches: int) -> np.ndarray:
+    """Per part of `batches` equal parts: W2(ODE, A) − W2(B, A)."""
+    size = x_a.shape[0] // batches
+    parts = [slice(i * size, (i + 1) * size) for i in range(batches)]
+    return np.array([w2(x_ode[p], x_a[p]) - w2(x_b[p], x_a[p]) for p in parts])
+
+
 def ode_sde_gap(
     key: PRNGKeyArray,
     sde: AbstractSampler,
@@ -184,8 +192,6 @@ def ode_sde_gap(
     standard errors of zero. Non-finite rows are dropped and counted
     (`n_nonfinite_ode`, `n_nonfinite_sde`).
     """
-    from sdekit.metrics import mmd, sliced_w2, w2
-
     _check_count(n=(n, 2), w2_points=(w2_points, 2), batches=(batches, 2))
     if w2_points > W2_MAX:
         raise ValueError(f"w2_points must be <= {W2_MAX} (exact W2 is O(n^3)), got {w2_points}")
@@ -204,14 +210,7 @@ def ode_sde_gap(
         return counts
     x_ode, x_a, x_b = (x[f][:m] for x, f in zip((x_ode, x_a, x_b), finite))
     k = min(m, w2_points)
-    size = m // batches
-    excess = np.array(
-        [
-            w2(x_ode[i * size : (i + 1) * size], x_a[i * size : (i + 1) * size])
-            - w2(x_b[i * size : (i + 1) * size], x_a[i * size : (i + 1) * size])
-            for i in range(batches)
-        ]
-    )
+    excess = _w2_excess(x_ode, x_a, x_b, batches)
     out = {
         "w2_gap": w2(x_ode[:k], x_a[:k]),
         "w2_floor": w2(x_b[:k], x_a[:k]),

@@ -89,6 +89,12 @@ class PotentialNet(_Net, AbstractPotentialScore):
         return jax.grad(self.potential, argnums=1)(t, x)
 
 
+def _check_choices(**options: tuple[str, tuple[str, ...]]) -> None:
+    for name, (value, choices) in options.items():
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
 def score_network(
     dim: int,
     process: AbstractProcess,
@@ -123,14 +129,8 @@ def score_network(
       `pbm` $x_t$ shrinks like $\sqrt{T - t}$ towards the pinned end, and a net on the raw
       $x$ cannot resolve the score there, so use `"marginal"` for `pbm`.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    if input_scale not in INPUT_SCALES:
-        raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
+    _check_choices(kind=(kind, KINDS), activation=(activation, tuple(ACTIVATIONS)),
+                   scale=(scale, SCALES), input_scale=(input_scale, INPUT_SCALES))
     for name, value, least in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 0),
                                ("time_features", time_features, 0)):
         if isinstance(value, bool) or not (isinstance(value, int) and value >= least):
