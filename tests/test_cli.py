@@ -513,6 +513,9 @@ BAD = [
     ([*FAST, "--set", "foo"], ["SECTION.OPTION=VALUE", "'foo'"]),
     ([*FAST, "--set", "nosection=1"], ["'nosection'", "target, sampler"]),
     ([*FAST, "--set", "sampler.bogus=1"], ["sampler.bogus", "steps, scale, weights"]),
+    ([*FAST, "--set", "sampler.stpes=2"], ["sampler.stpes", "Did you mean 'steps'"]),
+    ([*FAST, "--set", "process.sigm=2"], ["process.sigm", "Did you mean 'sigma'"]),
+    ([*FAST, "--set", "proces.sigma=2"], ["'proces.sigma'", "Did you mean 'process'"]),
     ([*FAST, "--set", "sampler.name=fake-plain"], ["--sampler"]),
     ([*FAST, "--set", "sampler.steps="], ["needs a value"]),
     ([*FAST, "--set", "sampler.weights=1"], ["sampler.weights", "true or false"]),
@@ -698,6 +701,21 @@ def test_builtin_default_config(runner):
     assert config["target"]["name"] == "gmm40"
     assert config["sampler"]["name"] == "reverse-sde" and config["sampler"]["steps"] == 500
     assert config["process"]["name"] == "vp" and config["score"]["name"] == "exact"
+
+
+def test_seed_decides_the_controller_seed(runner):
+    if not registered("sampler", "pis"):
+        pytest.skip("the samplers plugin is not installed yet")
+    seeds = {}
+    for seed in ("7", "8"):
+        result = runner.invoke(cli, ["sample", "funnel", "--sampler", "pis", "--seed", seed,
+                                     "--dry-run"])
+        assert result.exit_code == 0, result.output
+        seeds[seed] = tomllib.loads(result.stdout)["controller"]["seed"]
+    assert seeds == {s: sdekit.derive_seed(int(s), "controller") for s in ("7", "8")}
+    result = runner.invoke(cli, ["sample", "funnel", "--sampler", "pis", "--seed", "7",
+                                 "--set", "controller.seed=0", "--dry-run"])
+    assert tomllib.loads(result.stdout)["controller"]["seed"] == 0
 
 
 def test_builtin_round_trip(runner, tmp_path, monkeypatch):

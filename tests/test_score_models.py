@@ -260,3 +260,31 @@ def test_unknown_data_set_names_the_choices(tmp_path):
     result = CliRunner().invoke(cli, ["train-score", "spiral", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1
     assert "'spiral' is neither" in result.output and "swiss-roll" in result.output
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["--set", "training.stpes=3"], "training.stpes. Did you mean 'steps'"),
+    (["--set", "process.bta=2"], "process.bta for process 'vp'. Did you mean"),
+    (["--set", "trainig.steps=3"], "Did you mean 'training'"),
+    (["--set", "model.width=wide"], "model.width must be a number"),
+])
+def test_train_score_uses_the_core_config_system(tmp_path, sets, needle):
+    """One configuration system: the core's `--set` parser, suggestions and type checks."""
+    import sdekit_score_models._run as run_module
+
+    result = CliRunner().invoke(cli, ["train-score", "blob", "--out", str(tmp_path / "o"), *sets])
+    assert result.exit_code == 1
+    assert result.output.count("Error: ") == 1 and needle in result.output, result.output
+    assert not (tmp_path / "o").exists()
+    assert "ConfigError" not in vars(run_module) and "_coerce" not in vars(run_module)
+    with pytest.raises(sdekit.ConfigError):
+        sm.resolve(data="blob", sets=[sets[1]])
+
+
+def test_train_run_returns_a_run(tmp_path):
+    cfg = sm.resolve(data="blob", sets=[*SETS[1::2], "training.steps=4", "sampling.n=50"])
+    run = sm.train_run(cfg, tmp_path / "r", progress=False)
+    assert isinstance(run, sdekit.Run) and run.directory == tmp_path / "r"
+    assert run.samples.x.shape == (50, 2) and run.target is None
+    assert isinstance(run.sampler, sdekit.AbstractDiffusionSampler)
+    assert run.metrics == json.loads((tmp_path / "r" / "metrics.json").read_text())
