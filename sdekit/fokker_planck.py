@@ -44,9 +44,18 @@ def check_divergence(divergence: str, probes: int) -> None:
 
 def divergence(field: Field, x: Float[Array, " d"], probe: Float[Array, " d"] | None = None) -> Scalar:
     r"""$\nabla\cdot F(x)$: the exact Jacobian trace (`probe=None`), or $v^\top J_F(x) v$."""
+    return value_and_divergence(field, x, probe)[1]
+
+
+def value_and_divergence(
+    field: Field, x: Float[Array, " d"], probe: Float[Array, " d"] | None = None
+) -> tuple[Float[Array, " d"], Scalar]:
+    r"""$(F(x), \nabla\cdot F(x))$ from one linearisation of $F$ at $x$: the divergence
+    exact (`probe=None`, `d` Jacobian-vector products) or $v^\top J_F(x) v$."""
+    value, jvp = jax.linearize(field, x)
     if probe is None:
-        return jnp.trace(jax.jacfwd(field)(x))
-    return jnp.dot(probe, jax.jvp(field, (x,), (probe,))[1])
+        return value, jnp.trace(jax.vmap(jvp)(jnp.eye(x.shape[-1], dtype=x.dtype)))
+    return value, jnp.dot(probe, jvp(probe))
 
 
 def laplacian(potential: Callable[[Float[Array, " d"]], Scalar], x, probe=None) -> Scalar:

@@ -261,3 +261,39 @@ def test_networks_split_first_layer_is_the_concatenated_mlp(name):
     whole = jax.vmap(lambda xi: net(jnp.concatenate([xi, emb])))(x)
     assert float(jnp.max(jnp.abs(whole))) > 0.1
     np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pis", "dds", "dis"])
+def test_trained_samplers_work_alone_from_a_target_name(name):
+    sampler = sdekit.create("sampler", name, target="funnel", steps=4, batch=8)
+    assert isinstance(sampler, sdekit.AbstractPathSampler)
+    samples = sampler.sample(jax.random.key(0), 8)
+    assert samples.x.shape == (8, 10) and bool(jnp.all(jnp.isfinite(samples.log_weights)))
+    # the declared default parts: pis on pbm, dds/dis on vp, the pis-grad controller
+    assert type(sampler.process).__name__ == ("PBM" if name == "pis" else "VP")
+    assert type(sampler.controller).__name__ == "PISGrad"
+
+
+def test_the_exported_class_works_alone_and_takes_parts_as_specs():
+    from sdekit_samplers import ControlledSDE
+
+    sampler = ControlledSDE(target="funnel", steps=4, batch=8)
+    assert sampler.integrator == "euler" and type(sampler.process).__name__ == "PBM"
+    spec = ControlledSDE("gaussian", {"name": "vp", "sigma": 2.0}, {"name": "mlp", "width": 8}, steps=4)
+    assert spec.process.sigma == 2.0 and type(spec.controller).__name__ == "TimeMLP"
+    with pytest.raises(ValueError, match="integrator must be one of"):
+        ControlledSDE("gaussian", integrator="rk4")
+
+
+def test_the_default_control_scale_is_the_reference_std():
+    # vp: its stationary sigma; pbm: sigma * sqrt(T - t_min) (sigma for T = 1, as the benchmarks use)
+    assert sdekit.compose("gaussian", "dds", process={"name": "vp", "sigma": 3.0}).control_scale == 3.0
+    pbm = sdekit.compose("gaussian", "pis", process={"name": "pbm", "sigma": 2.0, "T": 4.0})
+    assert pbm.control_scale == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("name", ["pis-grad", "mlp", "limited-width"])
+def test_controllers_work_alone_from_a_target_name(name):
+    controller = sdekit.create("controller", name, target="funnel")
+    assert isinstance(controller, sdekit.AbstractController)
+    assert controller(0.5, jnp.ones(10)).shape == (10,)

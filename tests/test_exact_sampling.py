@@ -374,3 +374,21 @@ def test_reverse_sde_euler_log_weights_give_analytic_log_Z():
     sampler = sdekit.compose(target, {"name": "reverse-sde", "steps": 100}, process="vp")
     log_Z_hat, se = is_log_Z(sampler.sample(jax.random.PRNGKey(4), 10 * N).log_weights)
     assert abs(log_Z_hat - LOG_Z) <= 5 * se, (log_Z_hat, LOG_Z, se)
+
+
+def test_score_driven_samplers_work_alone_and_are_diffusion_samplers():
+    from sdekit_samplers import PFODE, ReverseSDE
+
+    # the exported classes and the registered names alike take only a target
+    for sampler in (
+        ReverseSDE(target="gmm40", steps=10),
+        sdekit.create("sampler", "reverse-sde", target="gmm40", steps=10),
+        PFODE(target="gmm40", solver="euler", steps=10),
+        sdekit.create("sampler", "pf-ode", target="gmm40", solver="euler", steps=10),
+    ):
+        assert isinstance(sampler, sdekit.AbstractDiffusionSampler)
+        assert type(sampler.process).__name__ == "VP"
+        x = sampler.sample_from(jax.random.key(0), jnp.zeros((4, 2)))
+        assert x.shape == (4, 2) and bool(jnp.all(jnp.isfinite(x)))
+    # a part given as a dict is parsed by resolve_part
+    assert ReverseSDE("gmm40", {"name": "vp", "sigma": 30.0}, steps=10).process.sigma == 30.0

@@ -12,7 +12,7 @@ import pytest
 from numpyro.diagnostics import effective_sample_size
 
 import sdekit
-from sdekit_montecarlo import FollmerDrift
+from sdekit_montecarlo import FollmerDrift, FollmerSampler
 
 TARGETS = {
     "gaussian": {"name": "gaussian", "dim": 2, "scale": [0.7, 1.3]},
@@ -134,9 +134,9 @@ def test_follmer_score_is_the_follmer_sde_under_reverse_sde():
     fol = sdekit.compose(target, {"name": "follmer", "steps": 8, "draws": 64, "chunk": 32,
                                   "common_draws": True}, process=PBM)
     key = jax.random.key(3)
-    k_drift, k_path = jax.random.split(key)
-    fol_sde = eqx.tree_at(lambda s: s.controller.drift.key, fol.sde, rev.score.key)
-    a, b = rev.sample(k_path, 64), fol_sde.sample(k_path, 64)
+    k_drift, k_path = jax.random.split(key)  # the follmer sampler's split of its key
+    rev = eqx.tree_at(lambda s: s.score.key, rev, k_drift)
+    a, b = rev.sample(k_path, 64), fol.sample(key, 64)
     np.testing.assert_allclose(a.x, b.x, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(a.log_weights, b.log_weights, rtol=1e-4, atol=1e-3)
 
@@ -249,8 +249,27 @@ def test_bad_options_name_the_value(kind, name, options, bad):
 
 
 def test_follmer_rejects_other_processes():
-    with pytest.raises(sdekit.CompositionError, match="needs process 'pbm', got VP"):
+    # checked by the process's declared behaviour (a pinned Brownian motion), not its class
+    with pytest.raises(sdekit.CompositionError, match="needs a pinned process .* got VP"):
         sdekit.compose("gaussian", "follmer", process="vp")
-    with pytest.raises(sdekit.CompositionError, match="needs process 'pbm', got VP"):
+    with pytest.raises(sdekit.CompositionError, match="needs a pinned process .* got VP"):
         sdekit.compose("gaussian", "reverse-sde", process="vp", score="follmer")
+    with pytest.raises(ValueError, match="needs a pinned process .* got VP"):
+        FollmerDrift("gaussian", process="vp")
+
+
+
+def test_montecarlo_factories_work_alone_and_declare_their_capabilities():
+    # every factory takes only a target (given by name); the parts default as declared
+    follmer = sdekit.create("sampler", "follmer", target="gaussian", steps=4, draws=8, chunk=8)
+    assert isinstance(follmer, sdekit.AbstractPathSampler)
+    assert isinstance(follmer, sdekit.AbstractDiffusionSampler)
+    x = follmer.sample_from(jax.random.key(0), jnp.zeros((5, follmer.target.dim)))
+    assert x.shape == (5, follmer.target.dim) and bool(jnp.all(jnp.isfinite(x)))
+    assert FollmerSampler("gaussian", steps=4, draws=8, chunk=8).steps == 4
+    assert isinstance(sdekit.create("score", "follmer", target="gaussian"), FollmerDrift)
+    assert isinstance(sdekit.create("score", "mc-score", target="gaussian"), sdekit.AbstractScore)
+    for name in ("nuts", "smc"):
+        assert isinstance(sdekit.create("sampler", name, target="gaussian"), sdekit.AbstractSampler)
+
 

@@ -1,9 +1,15 @@
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, ScalarLike
 
+import sdekit
 from sdekit import AbstractController, AbstractProcess, AbstractTarget
+
+Spec = str | dict[str, Any] | Any
+"""A part: a registered name, a `{"name": ..., **options}` dict, or an object."""
 
 
 def _zero_last(mlp: eqx.nn.MLP) -> eqx.nn.MLP:
@@ -42,6 +48,12 @@ class FourierTime(eqx.Module):
     def __call__(self, t: ScalarLike) -> Float[Array, " 2*features"]:
         phase = jnp.linspace(0.1, 100.0, self.features) * (t / self.T)
         return jnp.concatenate([jnp.sin(phase), jnp.cos(phase)])
+
+
+def _parts(target: Spec, process: Spec) -> tuple[AbstractTarget, AbstractProcess]:
+    """The target and process the specs describe (`sdekit.resolve_part`); a controller
+    uses the target's dimension (and score) and the process's horizon `T`."""
+    return sdekit.resolve_part("target", target), sdekit.resolve_part("process", process)
 
 
 def _check(**values: tuple[int, int]) -> None:
@@ -84,7 +96,7 @@ class PISGrad(AbstractController):
 
 
 class LimitedWidth(AbstractController):
-    r"""A neural SDE whose weights are piecewise-constant controls (seed 000):
+    r"""A neural SDE whose weights are piecewise-constant controls:
     $u(t, x) = W(t) \tanh(A(t) x + b(t))$ with `width` hidden units (default: the
     dimension) and `pieces` equal time intervals of $[0, T]$. $W$ starts at zero."""
 
@@ -100,8 +112,8 @@ class LimitedWidth(AbstractController):
 
 
 def pis_grad(
-    target: AbstractTarget,
-    process: AbstractProcess,
+    target: Spec,
+    process: Spec = "pbm",
     width: int = 64,
     depth: int = 2,
     features: int = 64,
@@ -114,6 +126,7 @@ def pis_grad(
     _check(width=(width, 1), depth=(depth, 0), features=(features, 1))
     if not (grad_clip > 0 and output_clip > 0):
         raise ValueError(f"grad_clip and output_clip must be positive, got {grad_clip}, {output_clip}")
+    target, process = _parts(target, process)
     d = target.dim
     k1, k2 = jax.random.split(jax.random.key(seed))
     return PISGrad(
@@ -127,8 +140,8 @@ def pis_grad(
 
 
 def time_mlp(
-    target: AbstractTarget,
-    process: AbstractProcess,
+    target: Spec,
+    process: Spec = "pbm",
     width: int = 64,
     depth: int = 2,
     features: int = 64,
@@ -136,19 +149,21 @@ def time_mlp(
 ) -> TimeMLP:
     """A time-embedded MLP `NN(x, emb(t))`: `width` x `depth`, `features` Fourier features."""
     _check(width=(width, 1), depth=(depth, 0), features=(features, 1))
+    target, process = _parts(target, process)
     net = _mlp(target.dim + 2 * features, target.dim, width, depth, jax.random.key(seed))
     return TimeMLP(FourierTime(features, process.T), net)
 
 
 def limited_width(
-    target: AbstractTarget,
-    process: AbstractProcess,
+    target: Spec,
+    process: Spec = "pbm",
     pieces: int = 10,
     width: int | None = None,
     seed: int = 0,
 ) -> LimitedWidth:
     """Width-limited control `W(t) tanh(A(t) x + b(t))`, piecewise constant on `pieces`
     intervals; `width` defaults to the dimension."""
+    target, process = _parts(target, process)
     d = target.dim
     width = d if width is None else width
     _check(width=(width, 1), pieces=(pieces, 1))

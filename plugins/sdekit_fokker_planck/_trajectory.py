@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+import sdekit
 from sdekit import AbstractProcess, AbstractScore
 
 from ._fv import FokkerPlanck, Grid
@@ -98,31 +99,29 @@ def simulate(
     kind: str = "sde",
     substeps: int = 50,
 ) -> Float[Array, "K n d"]:
-    """Particles of the reverse SDE (Euler–Maruyama) or PF-ODE (Euler) from `x0` at `t_max`, saved at `times`."""
+    """Particles of the reverse SDE (Euler–Maruyama) or PF-ODE (Euler) from `x0` at `t_max`, saved at `times`.
+
+    Each interval between consecutive times (from `t_max`) takes `substeps` uniform steps
+    of `sdekit.simulate`, whose key is one of `len(times)` keys split from `key`.
+    """
     _check_kind(kind)
-    coef = 1.0 if kind == "sde" else 0.5
-    drift = jax.vmap(GenerativeDrift(score, process, coef), in_axes=(None, 0))
-    taus = process.t_max - jnp.concatenate([jnp.full(1, process.t_max), jnp.asarray(times)])
+    drift = GenerativeDrift(score, process, 1.0 if kind == "sde" else 0.5)
 
-    def interval(carry, inputs):
-        x, k = carry
-        t0, t1 = inputs
-        h = (t1 - t0) / substeps
+    def kernel(t_a, t_b, x):
+        h = t_a - t_b
+        std = process.diffusion(t_a) * jnp.sqrt(h) if kind == "sde" else jnp.zeros((), x.dtype)
+        return x + h * drift(process.t_max - t_a, x), std
 
-        def step(carry, i):
-            x, k = carry
-            k, sub = jax.random.split(k)
-            tau = t0 + i * h
-            x = x + h * drift(tau, x)
-            if kind == "sde":
-                g = process.diffusion(process.t_max - tau)
-                x = x + g * jnp.sqrt(h) * jax.random.normal(sub, x.shape, x.dtype)
-            return (x, k), None
+    ends = jnp.concatenate([jnp.full(1, process.t_max), jnp.asarray(times)])
+    u = jnp.linspace(0.0, 1.0, substeps + 1)
 
-        (x, k), _ = jax.lax.scan(step, (x, k), jnp.arange(substeps))
-        return (x, k), x
+    def interval(x, inputs):
+        t0, t1, k = inputs
+        x = sdekit.simulate(k, x, t0 + (t1 - t0) * u, kernel).x
+        return x, x
 
-    _, xs = jax.lax.scan(interval, (x0, key), (taus[:-1], taus[1:]))
+    keys = jax.random.split(key, ends.shape[0] - 1)
+    _, xs = jax.lax.scan(interval, x0, (ends[:-1], ends[1:], keys))
     return xs
 
 

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar, ScalarLike
 
+import sdekit
 from sdekit import AbstractProcess, AbstractScore, AbstractTarget
 
 from ._checks import check_draws, check_gradient, check_positive, check_seed
@@ -117,8 +118,8 @@ class MonteCarloScore(AbstractScore):
 
 
 def mc_score(
-    target: AbstractTarget,
-    process: AbstractProcess,
+    target: AbstractTarget | str | dict,
+    process: AbstractProcess | str | dict = "vp",
     draws: int = 1000,
     chunk: int | None = 100,
     gradient: str = "stein",
@@ -137,8 +138,8 @@ def mc_score(
     the Gaussian stand-in whose posterior is the proposal (`"prior"`, default: the
     process's prior std; `None`: $s = \\infty$, the plain proposal $\\mathcal N(x/a_t, \\sigma_t^2/a_t^2 I)$).
     """
-    if not isinstance(process, AbstractProcess):
-        raise ValueError(f"process must be a composed process (such as 'vp'), got {process!r}")
+    target = sdekit.resolve_part("target", target)
+    process = sdekit.resolve_part("process", process)
     draws, chunk = check_draws(draws, chunk)
     if not isinstance(common_draws, bool):
         raise ValueError(f"common_draws must be True or False, got {common_draws!r}")

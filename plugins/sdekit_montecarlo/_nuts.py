@@ -4,6 +4,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 from numpyro.infer.hmc import hmc
 
+import sdekit
 from sdekit import AbstractSampler, AbstractTarget, Samples
 
 from ._checks import check_int, check_positive
@@ -85,7 +86,7 @@ class NUTS(AbstractSampler):
 
 
 def nuts(
-    target: AbstractTarget,
+    target: AbstractTarget | str | dict,
     num_warmup: int = 500,
     chains: int = 4,
     init_scale: float = 1.0,
@@ -101,6 +102,7 @@ def nuts(
     `2**max_tree_depth - 1` leapfrog steps per iteration; `thinning`: iterations per kept
     sample (every `thinning`-th state after warm-up is returned).
     """
+    target = sdekit.resolve_part("target", target)
     check_int(0, num_warmup=num_warmup)
     check_int(1, chains=chains, max_tree_depth=max_tree_depth, thinning=thinning)
     check_positive(init_scale=init_scale)

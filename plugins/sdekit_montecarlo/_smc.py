@@ -8,6 +8,7 @@ from blackjax.smc import resampling
 from blackjax.smc import tempered as bj_tempered
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
+import sdekit
 from sdekit import AbstractSampler, AbstractTarget, Samples, gaussian_log_prob
 
 from ._checks import check_int, check_positive
@@ -103,7 +104,7 @@ class SMC(AbstractSampler):
 
 
 def smc(
-    target: AbstractTarget,
+    target: AbstractTarget | str | dict,
     steps: int = 100,
     mcmc_steps: int = 2,
     leapfrog: int = 5,
@@ -119,6 +120,7 @@ def smc(
     initial Gaussian; `step_size`: initial HMC step size, then adapted towards
     `target_accept`.
     """
+    target = sdekit.resolve_part("target", target)
     check_int(1, steps=steps, mcmc_steps=mcmc_steps, leapfrog=leapfrog)
     check_positive(sigma=sigma, step_size=step_size, schedule_power=schedule_power)
     if not (isinstance(target_accept, float) and 0 < target_accept < 1):

@@ -1,19 +1,31 @@
+from typing import Any
+
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
-from sdekit import AbstractProcess, AbstractSampler, AbstractScore, AbstractTarget, Samples
+import sdekit
+from sdekit import AbstractDiffusionSampler, AbstractProcess, AbstractScore, AbstractTarget, Samples
+from sdekit.fokker_planck import DIVERGENCES, value_and_divergence
 
 _ADAPTIVE = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8}
 _FIXED = {"euler": diffrax.Euler, "heun": diffrax.Heun}
 SOLVERS = (*_ADAPTIVE, *_FIXED)
-DIVERGENCES = ("exact", "hutchinson")
+
+Spec = str | dict[str, Any] | Any
+"""A part: a registered name, a `{"name": ..., **options}` dict, or an object."""
 
 
-class PFODE(AbstractSampler):
-    r"""The probability-flow ODE $dx/dt = f(t, x) - \tfrac12 g(t)^2 s(t, x)$, run from `t_max` to `t_min`.
+class PFODE(AbstractDiffusionSampler):
+    r"""Probability-flow ODE (diffrax) with log-likelihoods by the instantaneous change of variables.
+
+    The ODE $dx/dt = f(t, x) - \tfrac12 g(t)^2 s(t, x)$ runs from `t_max` to `t_min`.
+    `solver`: adaptive `tsit5`, `dopri5`, `dopri8` (tolerances `rtol`, `atol`; `steps` is
+    the step budget) or fixed-step `euler`, `heun` (`steps` steps); `divergence`: `exact`
+    or `hutchinson`. The parts are taken as `sdekit.resolve_part` does, so
+    `PFODE(target="gmm40")` works alone.
 
     The density of each sample comes from the instantaneous change of variables,
     $\log q(x_{t_{\min}}) = \log\nu(x_{t_{\max}}) + \int_{t_{\min}}^{t_{\max}} \nabla\cdot v\,dt$,
@@ -42,6 +54,29 @@ class PFODE(AbstractSampler):
     atol: float
     steps: int = eqx.field(static=True)
 
+    def __init__(
+        self,
+        target: Spec | None = None,
+        process: Spec = "vp",
+        score: Spec = "exact",
+        solver: str = "tsit5",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        divergence: str = "exact",
+        steps: int = 4096,
+    ):
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+        if isinstance(steps, bool) or not (isinstance(steps, int) and steps >= 1):
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        self.target = None if target is None else sdekit.resolve_part("target", target)
+        self.process = sdekit.resolve_part("process", process)
+        parts = {"process": self.process} | ({} if target is None else {"target": self.target})
+        self.score = sdekit.resolve_part("score", score, **parts)
+        self.solver, self.divergence, self.rtol, self.atol, self.steps = solver, divergence, rtol, atol, steps
+
     def velocity(self, t, x: Float[Array, " d"]) -> Float[Array, " d"]:
         g = self.process.diffusion(t)
         return self.process.drift(t, x) - 0.5 * g**2 * self.score(t, x)
@@ -61,16 +96,10 @@ class PFODE(AbstractSampler):
         g = self.process.diffusion(t)
         return -0.5 * g**2 * (self.score(t, y) + y / self._rho2(t))
 
-    def _div(self, t, x, probe) -> Scalar:
-        """Divergence of `v - v_rho` (exact, or Hutchinson with `probe`)."""
-        return self._value_and_div(t, x, probe)[1]
-
     def _value_and_div(self, t, x, probe) -> tuple[Float[Array, " d"], Scalar]:
         """`(v - v_rho, its divergence)`, from one linearisation (one trace of the score)."""
-        value, jvp = jax.linearize(lambda y: self._residual_velocity(t, y), x)
-        if self.divergence == "exact":
-            return value, jnp.trace(jax.vmap(jvp)(jnp.eye(x.shape[-1], dtype=x.dtype)))
-        return value, jnp.dot(probe, jvp(probe))
+        exact = self.divergence == "exact"
+        return value_and_divergence(lambda y: self._residual_velocity(t, y), x, None if exact else probe)
 
     def _solve(self, x: Float[Array, " d"], t0, t1, probe) -> tuple[Array, Scalar]:
         """Integrate `(x, ∫ div(v - v_rho) dt)` from `t0` to `t1` (either direction).
@@ -136,11 +165,12 @@ class PFODE(AbstractSampler):
         return Samples(x, jax.vmap(self.target.log_prob)(x) - log_q)
 
     @eqx.filter_jit
-    def sample_from(self, x0: Float[Array, "n d"]) -> Float[Array, "n d"]:
+    def sample_from(self, key: PRNGKeyArray, x0: Float[Array, "n d"]) -> Float[Array, "n d"]:
         """Run the ODE from given prior draws `x0` (no log-weights; no target needed).
 
-        The density is not tracked: with `divergence="hutchinson"` the integrated
-        divergence uses zero probes and costs nothing.
+        The ODE is deterministic: `key` (the common signature of diffusion samplers) is
+        not used. The density is not tracked: with `divergence="hutchinson"` the
+        integrated divergence uses zero probes and costs nothing.
         """
         probes = jnp.zeros_like(x0)
         t0, t1 = self.process.t_max, self.process.t_min
@@ -156,26 +186,5 @@ class PFODE(AbstractSampler):
         return jax.vmap(self.process.prior_log_prob)(z) + self._log_rho_ratio(x) + acc
 
 
-def pf_ode(
-    target: AbstractTarget | None = None,
-    process: AbstractProcess | str = "vp",
-    score: AbstractScore | str = "exact",
-    solver: str = "tsit5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    divergence: str = "exact",
-    steps: int = 4096,
-) -> PFODE:
-    """Probability-flow ODE (diffrax) with log-likelihoods by the instantaneous change of variables.
-
-    `solver`: adaptive `tsit5`, `dopri5`, `dopri8` (tolerances `rtol`, `atol`; `steps` is
-    the step budget) or fixed-step `euler`, `heun` (`steps` steps); `divergence`: `exact`
-    or `hutchinson`.
-    """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    if not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    return PFODE(process, score, target, solver, divergence, rtol, atol, steps)
+pf_ode = PFODE
+"""The registered sampler `pf-ode`: `PFODE` itself."""

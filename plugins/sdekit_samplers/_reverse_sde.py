@@ -1,17 +1,19 @@
+from typing import Any
+
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
+import sdekit
 from sdekit import (
+    AbstractDiffusionSampler,
     AbstractProcess,
-    AbstractSampler,
     AbstractScore,
     AbstractTarget,
     Samples,
-    gaussian_log_prob,
     time_grid,
 )
 
@@ -23,15 +25,26 @@ _DIFFRAX_SOLVERS = {
 }
 SOLVERS = ("euler", *_DIFFRAX_SOLVERS)
 
+Spec = str | dict[str, Any] | Any
+"""A part: a registered name, a `{"name": ..., **options}` dict, or an object."""
 
-class ReverseSDE(AbstractSampler):
-    r"""The reverse-time SDE $dX = [-f + g^2 s]\,ds + g\,dW$ from the prior at `t_max` to `t_min`.
 
-    With `solver="euler"` (Euler–Maruyama) each step is a Gaussian kernel $F_k$, and the
-    log-weight of a trajectory against the target is exact in discrete time,
+class ReverseSDE(AbstractDiffusionSampler):
+    r"""Reverse-time SDE driven by a score; exact discrete-time log-weights with `euler`.
+
+    The reverse-time SDE $dX = [-f + g^2 s]\,ds + g\,dW$ runs from the prior at `t_max`
+    to `t_min` over `steps` time steps. With `solver="euler"` (Euler–Maruyama) each step
+    is a Gaussian kernel $F_k$, and the log-weight of a trajectory against the target is
+    exact in discrete time,
     $\log w = \log\gamma(x_K) + \sum_k \log B_k(x_{k-1}\mid x_k) - \log\nu(x_0) - \sum_k \log F_k(x_k\mid x_{k-1})$,
-    with $B_k$ the process's Gaussian transition. Other solvers (diffrax's `heun`, `sra1`,
-    `shark`) are higher order but have no tractable kernel, so they return no log-weights.
+    with $B_k$ the process's Gaussian transition (paths and weights from `sdekit.simulate`).
+    Other solvers (diffrax's `heun`, `sra1`, `shark`) are higher order but have no
+    tractable kernel, so they return no log-weights.
+
+    `spacing`: `auto` (the process's default), `uniform`, `quadratic` (dense near the
+    data) or `quadratic-prior`. The parts are taken as `sdekit.resolve_part` does (a
+    registered name, a `{"name": ..., **options}` dict, or an object), so
+    `ReverseSDE(target="gmm40")` works alone.
     """
 
     process: AbstractProcess
@@ -40,20 +53,48 @@ class ReverseSDE(AbstractSampler):
     ts: Float[Array, " K+1"]
     solver: str = eqx.field(static=True)
 
+    def __init__(
+        self,
+        target: Spec | None = None,
+        process: Spec = "vp",
+        score: Spec = "exact",
+        steps: int = 500,
+        solver: str = "euler",
+        spacing: str = "auto",
+    ):
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        self.target = None if target is None else sdekit.resolve_part("target", target)
+        self.process = sdekit.resolve_part("process", process)
+        parts = {"process": self.process} | ({} if target is None else {"target": self.target})
+        self.score = sdekit.resolve_part("score", score, **parts)
+        self.ts = time_grid(self.process, steps, None if spacing == "auto" else spacing)
+        self.solver = solver
+
     def drift(self, t, x: Float[Array, " d"]) -> Float[Array, " d"]:
         """The generative drift $-f(t, x) + g(t)^2 s(t, x)$ (per unit of generative time)."""
         g = self.process.diffusion(t)
         return -self.process.drift(t, x) + g**2 * self.score(t, x)
+
+    def kernel(self, t_a, t_b, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], Scalar]:
+        """Mean and std of the Euler–Maruyama step from process time `t_a` to `t_b < t_a`."""
+        h = t_a - t_b
+        return x + h * self.drift(t_a, x), self.process.diffusion(t_a) * jnp.sqrt(h)
+
+    def backward_kernel(self, t_a, t_b, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], Scalar]:
+        """Mean and std of the backward kernel $B_k$: the process's transition from `t_b` to `t_a`."""
+        coef, std = self.process.transition(t_b, t_a)
+        return coef * x, std
 
     @eqx.filter_jit
     def sample(self, key: PRNGKeyArray, n: int) -> Samples:
         dim = self._dim()
         k_prior, k_path = jax.random.split(key)
         x0 = self.process.prior_sample(k_prior, (n, dim))
-        if self.solver == "euler":
-            return self._euler(k_path, x0)
-        keys = jax.random.split(k_path, n)
-        return Samples(jax.vmap(self._diffrax)(keys, x0), None)
+        if self.solver != "euler":
+            return Samples(self.sample_from(k_path, x0), None)
+        path = sdekit.simulate(k_path, x0, self.ts, self.kernel, self.backward_kernel)
+        return Samples(path.x, path.log_weights(self.target.log_prob, self.process.prior_log_prob))
 
     def _dim(self) -> int:
         if self.target is not None:
@@ -64,33 +105,8 @@ class ReverseSDE(AbstractSampler):
     def sample_from(self, key: PRNGKeyArray, x0: Float[Array, "n d"]) -> Float[Array, "n d"]:
         """Run the reverse SDE from given prior draws `x0` (no log-weights)."""
         if self.solver == "euler":
-            return self._euler(key, x0, weights=False).x
+            return sdekit.simulate(key, x0, self.ts, self.kernel).x
         return jax.vmap(self._diffrax)(jax.random.split(key, x0.shape[0]), x0)
-
-    def _euler(self, key, x0, weights: bool = True) -> Samples:
-        drift = jax.vmap(self.drift, in_axes=(None, 0))
-
-        def step(carry, inputs):
-            x, log_w = carry
-            t_a, t_b, k = inputs
-            h = t_a - t_b
-            mean = x + h * drift(t_a, x)
-            std = self.process.diffusion(t_a) * jnp.sqrt(h)
-            x_new = mean + std * jax.random.normal(k, x.shape)
-            if weights:
-                coef, std_b = self.process.transition(t_b, t_a)
-                log_w += gaussian_log_prob(x, coef * x_new, std_b)
-                log_w -= gaussian_log_prob(x_new, mean, std)
-            return (x_new, log_w), None
-
-        keys = jax.random.split(key, self.ts.shape[0] - 1)
-        log_w0 = jnp.zeros(x0.shape[0])
-        if weights:
-            log_w0 -= jax.vmap(self.process.prior_log_prob)(x0)
-        (x, log_w), _ = jax.lax.scan(step, (x0, log_w0), (self.ts[:-1], self.ts[1:], keys))
-        if not weights or self.target is None:
-            return Samples(x, None)
-        return Samples(x, log_w + jax.vmap(self.target.log_prob)(x))
 
     def _diffrax(self, key, x0: Float[Array, " d"]) -> Float[Array, " d"]:
         # Generative time u = t_max - t runs forward, so diffrax sees an ordinary SDE.
@@ -125,21 +141,5 @@ class ReverseSDE(AbstractSampler):
         return sol.ys[-1]
 
 
-def reverse_sde(
-    target: AbstractTarget | None = None,
-    process: AbstractProcess | str = "vp",
-    score: AbstractScore | str = "exact",
-    steps: int = 500,
-    solver: str = "euler",
-    spacing: str = "auto",
-) -> ReverseSDE:
-    """Reverse-time SDE driven by a score; exact discrete-time log-weights with `euler`.
-
-    `steps`: number of time steps; `solver`: `euler` (Euler–Maruyama, with log-weights),
-    `heun`, `sra1` or `shark` (diffrax); `spacing`: `auto` (the process's default),
-    `uniform`, `quadratic` (dense near the data) or `quadratic-prior`.
-    """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    ts = time_grid(process, steps, None if spacing == "auto" else spacing)
-    return ReverseSDE(process, score, target, ts, solver)
+reverse_sde = ReverseSDE
+"""The registered sampler `reverse-sde`: `ReverseSDE` itself."""

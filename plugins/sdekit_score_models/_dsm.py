@@ -227,5 +227,5 @@ def sample_ode(
     """
     sampler = sdekit.create("sampler", "pf-ode", process=process, score=score, solver=solver,
                             steps=steps, rtol=rtol, atol=atol, divergence="hutchinson")
-    k_prior, _ = jax.random.split(key)
-    return sampler.sample_from(_prior(process, k_prior, n, dim))
+    k_prior, k_path = jax.random.split(key)
+    return sampler.sample_from(k_path, _prior(process, k_prior, n, dim))

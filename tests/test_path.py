@@ -1,0 +1,187 @@
+"""The path simulator (`sdekit.simulate`, `simulate_backward`) against exact Gaussian answers.
+
+The backward kernels are linear Gaussian, $B_k(x_{k-1} \\mid x_k) = \\mathcal N(a_k x_k + b_k,
+c_k^2 I)$, and the end density is $\\gamma = Z\\,\\mathcal N(m, v I)$, so every marginal of the
+backward chain started from $\\pi = \\gamma / Z$ is Gaussian and known in closed form. With
+$\\nu$ the marginal at $t_0$ and the forward kernels the exact time reversal of that chain,
+every path has weight exactly $Z$; with other forward kernels, $\\mathbb E[w] = Z$ and
+$\\mathbb E[\\log w] \\le \\log Z \\le$ the EUBO.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sdekit
+
+D, K = 3, 12
+LOG_Z = 1.7
+M, V = 0.5, 0.8  # the target N(M, V I)
+TS = jnp.arange(K + 1, dtype=float)  # the grid indexes the per-step coefficients
+
+_k = jnp.arange(1, K + 1, dtype=float)
+A = 0.9 - 0.02 * _k  # B_k: x_{k-1} = A[k-1] x_k + B[k-1] + C[k-1] eps
+B = 0.05 * jnp.sin(_k)
+C = 0.3 + 0.01 * _k
+
+
+def _marginals():
+    """Means and variances of x_k, k = 0..K, of the backward chain started at x_K ~ N(M, V)."""
+    m, v = [M], [V]
+    for k in range(K, 0, -1):
+        m.append(float(A[k - 1]) * m[-1] + float(B[k - 1]))
+        v.append(float(A[k - 1]) ** 2 * v[-1] + float(C[k - 1]) ** 2)
+    return jnp.asarray(m[::-1]), jnp.asarray(v[::-1])
+
+
+MEANS, VARS = _marginals()
+
+
+def _idx(t):
+    return jnp.asarray(t, int) - 1
+
+
+def backward(s, t, x):
+    k = _idx(t)
+    return A[k] * x + B[k], C[k]
+
+
+def exact_forward(s, t, x):
+    """The time reversal of the backward chain: the law of x_k given x_{k-1} under it."""
+    k = _idx(t)
+    cov = A[k] * VARS[k + 1]  # Cov(x_{k-1}, x_k)
+    mean = MEANS[k + 1] + cov / VARS[k] * (x - MEANS[k])
+    return mean, jnp.sqrt(VARS[k + 1] - cov**2 / VARS[k])
+
+
+def shifted_forward(theta):
+    """The exact reversal with its mean shifted by `theta` and its std widened by 10 %."""
+
+    def forward(s, t, x):
+        mean, std = exact_forward(s, t, x)
+        return mean + theta, 1.1 * std
+
+    return forward
+
+
+def log_gamma(x):
+    return LOG_Z + jnp.sum(-0.5 * (x - M) ** 2 / V - 0.5 * jnp.log(2 * jnp.pi * V))
+
+
+def log_nu(x):
+    return jnp.sum(-0.5 * (x - MEANS[0]) ** 2 / VARS[0] - 0.5 * jnp.log(2 * jnp.pi * VARS[0]))
+
+
+def _start(key, n):
+    return MEANS[0] + jnp.sqrt(VARS[0]) * jax.random.normal(key, (n, D))
+
+
+def _forward_log_weights(key, forward, n, **kwargs):
+    k0, k1 = jax.random.split(key)
+    path = sdekit.simulate(k1, _start(k0, n), TS, forward, backward, **kwargs)
+    return path, path.log_weights(log_gamma, log_nu)
+
+
+def test_exact_reversal_gives_constant_weights():
+    _, log_w = _forward_log_weights(jax.random.key(0), exact_forward, 1000)
+    # float32 rounding of K steps' terms, each O(D): far below any Monte-Carlo scale
+    np.testing.assert_allclose(np.asarray(log_w), LOG_Z, atol=2e-4)
+
+
+def test_exact_reversal_reaches_the_target():
+    path, _ = _forward_log_weights(jax.random.key(1), exact_forward, 20_000)
+    n = path.x.size
+    # mean and variance of n standard normal draws: standard errors 1/sqrt(n), sqrt(2/n)
+    z = (path.x - M) / math.sqrt(V)
+    assert abs(float(jnp.mean(z))) < 5 / math.sqrt(n)
+    assert abs(float(jnp.var(z)) - 1) < 5 * math.sqrt(2 / n)
+
+
+def test_log_Z_estimate_and_bounds():
+    """Approximate kernels: log Ẑ unbiased for log Z to first order (within 5 delta-method
+    standard errors), ELBO < log Z < EUBO by more than 5 standard errors each."""
+    n = 20_000
+    forward = shifted_forward(0.05)
+    _, log_w = _forward_log_weights(jax.random.key(2), forward, n)
+    w = jnp.exp(log_w - jnp.max(log_w))
+    se_log_Z = float(jnp.std(w) / jnp.mean(w)) / math.sqrt(n)
+    log_Z_hat = float(sdekit.log_Z_estimate(log_w))
+    assert abs(log_Z_hat - LOG_Z) < 5 * se_log_Z + 1e-4
+
+    x = M + math.sqrt(V) * jax.random.normal(jax.random.key(3), (n, D))
+    path_b = sdekit.simulate_backward(jax.random.key(4), x, TS, forward, backward)
+    log_w_b = sdekit.backward_log_weights(path_b, log_gamma, log_nu)
+    elbo, eubo = float(jnp.mean(log_w)), float(jnp.mean(log_w_b))
+    se_elbo = float(jnp.std(log_w)) / math.sqrt(n)
+    se_eubo = float(jnp.std(log_w_b)) / math.sqrt(n)
+    assert elbo + 5 * se_elbo < LOG_Z < eubo - 5 * se_eubo
+
+
+def test_backward_paths_of_the_exact_reversal_have_constant_weights():
+    x = M + math.sqrt(V) * jax.random.normal(jax.random.key(5), (500, D))
+    path = sdekit.simulate_backward(jax.random.key(6), x, TS, exact_forward, backward)
+    np.testing.assert_allclose(np.asarray(sdekit.backward_log_weights(path, log_gamma, log_nu)), LOG_Z, atol=2e-4)
+    # the backward chain from the target ends in the start law
+    z = (path.x - MEANS[0]) / jnp.sqrt(VARS[0])
+    assert abs(float(jnp.mean(z))) < 5 / math.sqrt(z.size)
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_remat_gives_identical_values_and_gradients(direction):
+    key, x = jax.random.key(7), _start(jax.random.key(8), 64)
+
+    def objective(theta, remat):
+        if direction == "forward":
+            path = sdekit.simulate(key, x, TS, shifted_forward(theta), backward, remat=remat)
+            return jnp.mean(path.log_weights(log_gamma, log_nu))
+        path = sdekit.simulate_backward(key, x, TS, shifted_forward(theta), backward, remat=remat)
+        return jnp.mean(sdekit.backward_log_weights(path, log_gamma, log_nu))
+
+    plain = jax.value_and_grad(objective)(0.1, False)
+    remat = jax.value_and_grad(objective)(0.1, True)
+    np.testing.assert_allclose(np.asarray(remat), np.asarray(plain), rtol=1e-6)
+    assert float(plain[1]) != 0
+
+
+def test_stats_are_stacked_per_step_in_grid_order():
+    def stats(s, t, x, x_new, log_ratio):
+        return {"t": t, "log_ratio": log_ratio, "mean": jnp.mean(x_new, 0)}
+
+    x0 = _start(jax.random.key(9), 16)
+    path = sdekit.simulate(jax.random.key(10), x0, TS, exact_forward, backward, stats=stats)
+    assert path.stats["log_ratio"].shape == (K, 16)
+    assert path.stats["mean"].shape == (K, D)
+    np.testing.assert_array_equal(np.asarray(path.stats["t"]), np.asarray(TS[1:]))
+    np.testing.assert_allclose(np.asarray(path.stats["log_ratio"].sum(0)), np.asarray(path.log_ratio), rtol=1e-5, atol=1e-5)
+
+    back = sdekit.simulate_backward(jax.random.key(11), x0, TS, exact_forward, backward, stats=stats)
+    np.testing.assert_array_equal(np.asarray(back.stats["t"]), np.asarray(TS[1:]))
+    assert back.stats["log_ratio"].shape == (K, 16)
+
+
+def test_without_backward_kernels_the_log_ratio_is_zero_and_noise_scales_the_steps():
+    x0 = jnp.zeros((4, D))
+
+    def still(s, t, x):
+        return x, jnp.asarray(1.0)
+
+    key = jax.random.key(12)
+    one = sdekit.simulate(key, x0, TS, still)
+    two = sdekit.simulate(key, x0, TS, still, noise=2.0)
+    np.testing.assert_array_equal(np.asarray(one.log_ratio), 0.0)
+    np.testing.assert_allclose(np.asarray(two.x), 2 * np.asarray(one.x), rtol=1e-6)
+
+
+def test_segments_chain_into_one_path():
+    """Two segments, the second from the particles the first returned, carry the same
+    log-ratio as one simulation over the whole grid with the same per-step keys."""
+    x0 = _start(jax.random.key(13), 32)
+    keys = jax.random.split(jax.random.key(14), 2)
+    first = sdekit.simulate(keys[0], x0, TS[:7], exact_forward, backward)
+    second = sdekit.simulate(keys[1], first.x, TS[6:], exact_forward, backward)
+    chained = first.log_ratio + second.log_ratio
+    log_w = chained + jax.vmap(log_gamma)(second.x) - jax.vmap(log_nu)(x0)
+    np.testing.assert_allclose(np.asarray(log_w), LOG_Z, atol=2e-4)
