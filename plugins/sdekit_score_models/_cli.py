@@ -63,21 +63,16 @@ def train_score(data, process, kind, steps, fp_weight, seed, sets, out, resume_d
                                 ("--steps", steps), ("--fp-weight", fp_weight), ("--seed", seed),
                                 ("--set", sets)) if v]
         if given or (out is not None and Path(out) != Path(resume_dir)):
-            raise click.UsageError(
-                f"--resume DIR takes its configuration and output from DIR; drop "
-                f"{', '.join(given) or '--out'}"
-            )
+            raise click.UsageError(f"--resume DIR takes its configuration and output from DIR; "
+                                   f"drop {', '.join(given) or '--out'}")
         path = Path(resume_dir) / "config.toml"
-        cfg = resolve(sdekit.load_config(path), source=str(path))
-        out = resume_dir
+        cfg, out = resolve(sdekit.load_config(path), source=str(path)), resume_dir
     else:
         if data is None:
-            raise click.UsageError(
-                f"give DATA: a .npy/.npz file or one of {', '.join(DATASETS)}"
-            )
-        extra = [f"model.kind={kind!r}"] if kind else []
-        extra += [f"training.steps={steps}"] if steps is not None else []
-        extra += [f"training.fp_weight={fp_weight}"] if fp_weight is not None else []
+            raise click.UsageError(f"give DATA: a .npy/.npz file or one of {', '.join(DATASETS)}")
+        flags = (("model.kind", kind and repr(kind)), ("training.steps", steps),
+                 ("training.fp_weight", fp_weight))
+        extra = [f"{key}={value}" for key, value in flags if value is not None]
         cfg = resolve(data=data, process=process, seed=seed, sets=(*extra, *sets))
         out = out or f"runs/score-{Path(str(data)).stem}-{cfg['process']['name']}"
     sdekit.io.check_writable_dir(out)
@@ -86,7 +81,15 @@ def train_score(data, process, kind, steps, fp_weight, seed, sets, out, resume_d
                f"{cfg['process']['name']} ({cfg['training']['steps']} steps, seed {cfg['seed']})"
                + (" (resuming)" if resume_dir else "") + "...", err=True)
     run = train_run(cfg, out, resume=resume_dir is not None, progress=not quiet, parts=parts)
-    m = run.metrics
+    rows = _rows(run.metrics)
+    width = max(len(r[0]) for r in rows)
+    for k, v in rows:
+        click.echo(f"{k.ljust(width)}  {v}")
+    click.echo(f"wrote {out}/")
+
+
+def _rows(m: dict) -> list[tuple[str, str]]:
+    """The losses and each sampler's distances to held-out data, as `(name, value)` rows."""
     rows = [("dsm loss", f"{m['dsm_loss']:.5g} (held out {m['dsm_loss_held_out']:.5g})"),
             ("fp residual (held out)", f"{m['fp_residual_held_out']:.5g}")]
     for name in ("sde", "ode"):
@@ -96,7 +99,4 @@ def train_score(data, process, kind, steps, fp_weight, seed, sets, out, resume_d
         )))
     if m["ode_sde_w2"] is not None:
         rows.append(("W2(ode, sde)", f"{m['ode_sde_w2']:.4g}"))
-    width = max(len(r[0]) for r in rows)
-    for k, v in rows:
-        click.echo(f"{k.ljust(width)}  {v}")
-    click.echo(f"wrote {out}/")
+    return rows
