@@ -15,8 +15,7 @@ from sdekit_processes import VP
 
 # ---------------------------------------------------------------------------- process
 
-PROCESSES = ["vp", "ve", "subvp", "pbm", {"name": "vp", "schedule": "cosine"},
-             {"name": "subvp", "schedule": "cosine", "beta_max": 0.01}]
+PROCESSES = ["vp", "ve", "subvp", "pbm", {"name": "vp", "schedule": "cosine"}]
 
 
 def test_every_process_is_covered():
@@ -141,7 +140,7 @@ def test_exact_score_conforms():
 @pytest.mark.parametrize("name, process", [("mc-score", "vp"), ("follmer", "pbm")])
 def test_estimated_scores_conform(name, process):
     # Monte-Carlo estimates: their accuracy is the caller's claim, here 20 % RMS.
-    st.check_score({"name": name, "draws": 2000}, target="gaussian", process=process, rtol=0.2)
+    st.check_score({"name": name, "draws": 1000}, target="gaussian", process=process, rtol=0.2, n=64)
 
 
 def test_untrained_controller_conforms():
@@ -174,7 +173,7 @@ SAMPLERS = [
     ({"name": "dds", "steps": 16}, None, 1000),
     ({"name": "dis", "steps": 16}, None, 4000),
     ({"name": "follmer", "steps": 16, "draws": 64, "chunk": 64}, None, 500),
-    ({"name": "smc", "steps": 10}, None, 400),
+    ({"name": "smc", "steps": 10}, None, 100),
     ({"name": "nuts", "num_warmup": 50, "chains": 2}, None, 200),
 ]
 
