@@ -185,6 +185,14 @@ def test_diagnostic_reads_score_from_sampler(vp_parts):
         sdekit.create("diagnostic", "fp-residual", n=10, bins=6)
 
 
+def test_diagnostic_reads_score_from_a_composed_reverse_sde(vp_parts):
+    target, process, perturbed = vp_parts
+    sampler = sdekit.compose(target, {"name": "reverse-sde", "steps": 10}, process=process, score=perturbed(0.0))
+    assert isinstance(sampler, sdekit.AbstractDiffusionSampler)
+    out = sdekit.create("diagnostic", "fp-residual", n=N_POINTS)(jax.random.key(0), target=target, sampler=sampler)
+    assert out["fp_residual_relative"] < 1e-4
+
+
 def test_ode_sde_gap_within_noise_floor_and_grows(vp_parts):
     """Exact score: the W2 excess of the ODE-SDE gap over the SDE noise floor is within 3
     standard errors of 0 (batches); a score perturbation opens the gap, more for a larger one."""
