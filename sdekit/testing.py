@@ -327,8 +327,10 @@ def _check_short(what: str, v: dict, labels: list[str], tol: float) -> dict[str,
 
 
 def _check_prior(what: str, process: AbstractProcess, dim: int) -> dict[str, float]:
+    draw = eqx.filter_jit(lambda process, key, n: process.prior_sample(key, (n, dim)))
+
     def sample(key, n):
-        return process.prior_sample(key, (n, dim))
+        return draw(process, key, n)
 
     out = _check_exact_samples(f"{what} prior", sample, process.prior_log_prob, dim, 4000, None)
     out.update(_check_log_Z(f"{what} prior", sample, process.prior_log_prob, dim, 0.0, 4000, None))
@@ -411,10 +413,16 @@ def _check_log_Z(
     ratios have finite variance whatever the overlap, with a delta-method standard error.
     """
     k_pi, k_q, k_c = jax.random.split(_key(key), 3)
-    q_sample, log_q = _marginal_kde(sample(k_c, n)[:512])  # n draws: one compiled sample
-    x, y = sample(k_pi, n), q_sample(k_q, n)
-    lg = jax.jit(jax.vmap(lambda z: log_prob(z) - log_q(z)))
-    num, den = 0.5 * np.asarray(lg(y), np.float64), -0.5 * np.asarray(lg(x), np.float64)
+
+    @jax.jit
+    def log_ratios(x, centers, k_q):
+        q_sample, log_q = _marginal_kde(centers)
+        lg = jax.vmap(lambda z: log_prob(z) - log_q(z))
+        return lg(q_sample(k_q, n)), lg(x)
+
+    # n draws each time: one compiled `sample`
+    lg_q, lg_pi = log_ratios(sample(k_pi, n), sample(k_c, n)[:512], k_q)
+    num, den = 0.5 * np.asarray(lg_q, np.float64), -0.5 * np.asarray(lg_pi, np.float64)
     est, var = 0.0, 0.0
     for sign, v in ((1, num), (-1, den)):
         w = np.exp(v - v.max())

@@ -1,7 +1,9 @@
 """Benchmark targets: `gaussian`, `gmm`, `gmm40`, `funnel`, `many-well-54`, `many-well-32`.
 
-The definitions are those of section 4 of the design brief. Every target here has exact
-samples and a known `log_Z`; the Gaussian ones also expose `mixture` (exact scores).
+The benchmark targets of the diffusion-sampler literature (Gaussian mixtures, Neal's
+funnel, many-well). Every target here has exact samples and a known `log_Z`; the
+Gaussian ones also expose `mixture` (exact scores).
+
 `log_prob` and `sample` are wrapped in `equinox.filter_jit`, so eager calls (the CLI,
 `check_target`) compile once instead of dispatching op by op; inside a caller's `jit`,
 `vmap` or `grad` they trace through as usual.
