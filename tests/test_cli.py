@@ -691,16 +691,22 @@ def test_builtin_names(runner):
 
 
 def test_builtin_default_config(runner):
-    if not (registered("target", "gmm40") and registered("sampler", "reverse-sde")
-            and registered("score", "exact")):
-        pytest.skip("the targets / samplers / scores plugins are not installed yet")
+    """The default job: an unnormalised target with a known log Z, and a sampler given
+    neither an exact score nor the target's mixture form."""
+    if not (registered("target", "gmm40") and registered("sampler", "smc", "reverse-sde")):
+        pytest.skip("the targets / samplers / montecarlo plugins are not installed yet")
     result = runner.invoke(cli, ["sample", "--dry-run"])
     assert result.exit_code == 0, result.output
     config = tomllib.loads(result.stdout)
-    assert config["n"] == config_module.DEFAULTS["n"] and config["seed"] == 0
+    assert config["n"] == config_module.DEFAULT_JOB["n"] and config["seed"] == 0
     assert config["target"]["name"] == "gmm40"
-    assert config["sampler"]["name"] == "reverse-sde" and config["sampler"]["steps"] == 500
-    assert config["process"]["name"] == "vp" and config["score"]["name"] == "exact"
+    assert sdekit.create("target", "gmm40").log_Z is not None
+    assert config["sampler"] == {**config["sampler"], "name": "smc", "sigma": 20.0}
+    assert set(config) == {"seed", "n", "target", "sampler"}  # no score at all
+    # a target named on the command line keeps the general defaults
+    config = tomllib.loads(runner.invoke(cli, ["sample", "gmm40", "--dry-run"]).stdout)
+    assert config["n"] == config_module.DEFAULTS["n"]
+    assert config["sampler"]["name"] == config_module.DEFAULTS["sampler"]["name"]
 
 
 def test_seed_decides_the_controller_seed(runner):
@@ -842,6 +848,13 @@ FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
+def _fake_defaults(monkeypatch) -> None:
+    """The defaults and the default job, on the fake plugin."""
+    fake = {"n": 32, "target": {"name": "fake-gauss"}, "sampler": {"name": "fake-sampler"}}
+    monkeypatch.setattr(config_module, "DEFAULTS", {"seed": 0, **fake})
+    monkeypatch.setattr(config_module, "DEFAULT_JOB", fake)
+
+
 def _check_outcome(result, out: Path) -> None:
     """Success with every output file, or one clean error line and no output directory."""
     assert "Traceback" not in result.output, result.output
@@ -858,9 +871,7 @@ def _check_outcome(result, out: Path) -> None:
 @FUZZ
 @given(COMMAND_LINES)
 def test_fuzzed_command_lines(runner, fake, tmp_path, monkeypatch, tokens):
-    monkeypatch.setitem(config_module.DEFAULTS, "n", 32)
-    monkeypatch.setitem(config_module.DEFAULTS, "target", {"name": "fake-gauss"})
-    monkeypatch.setitem(config_module.DEFAULTS, "sampler", {"name": "fake-sampler"})
+    _fake_defaults(monkeypatch)
     out = tmp_path / f"run-{abs(hash(tuple(tokens)))}"
     args = ["sample", *tokens]
     if "--out" not in tokens and "-o" not in tokens:
@@ -888,9 +899,7 @@ CONFIG_TEXT = st.one_of(
 @FUZZ
 @given(CONFIG_TEXT)
 def test_fuzzed_config_files(runner, fake, tmp_path, monkeypatch, text):
-    monkeypatch.setitem(config_module.DEFAULTS, "n", 32)
-    monkeypatch.setitem(config_module.DEFAULTS, "target", {"name": "fake-gauss"})
-    monkeypatch.setitem(config_module.DEFAULTS, "sampler", {"name": "fake-sampler"})
+    _fake_defaults(monkeypatch)
     config = tmp_path / "config.toml"
     config.write_text(text, encoding="utf-8")
     out = tmp_path / f"run-{abs(hash(text))}"

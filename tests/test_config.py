@@ -102,5 +102,11 @@ def test_two_seeds_give_different_controller_initialisations():
     assert all(np.array_equal(x, y) for x, y in zip(a, a_again))
 
 
-def test_default_job_is_declared():
-    assert set(config_module.DEFAULTS) == {"seed", "n", "target", "sampler"}
+@needs_builtins
+def test_default_job_is_not_given_the_answer():
+    cfg = sdekit.resolve_config()
+    assert cfg["target"]["name"] == config_module.DEFAULT_JOB["target"]["name"]
+    assert sdekit.create("target", cfg["target"]["name"]).log_Z is not None
+    assert "score" not in cfg and cfg["sampler"]["name"] == "smc"
+    assert sdekit.resolve_config(n=100)["sampler"] == cfg["sampler"]  # flags apply on top
+    assert sdekit.resolve_config({})["sampler"]["name"] == config_module.DEFAULTS["sampler"]["name"]
