@@ -181,10 +181,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     cli.main(args=argv, prog_name="sdekit")
 
 
-# --------------------------------------------------------------------------------------
-# output
-
-
 def _echo_json(value: Any) -> None:
     click.echo(io.json_dumps(value), nl=False)
 
@@ -329,8 +325,8 @@ def _check_bounds(n: int | None, steps: int | None, seed: int | None) -> None:
 
 @cli.command()
 @click.argument("target", required=False)
-@click.option("--sampler", "-s", metavar="NAME",
-              help=f"Sampler [default: {_config.DEFAULTS['sampler']['name']}].")
+@click.option("--sampler", "-s", metavar="NAME", help="Sampler [default: "
+              f"{_config.DEFAULTS['sampler']['name']}; the default job's without TARGET].")
 @click.option("--process", metavar="NAME", help="Process [default: the sampler's].")
 @click.option("--score", metavar="NAME", help="Score [default: the sampler's].")
 @click.option("--controller", metavar="NAME", help="Controller [default: the sampler's].")
@@ -358,8 +354,8 @@ def sample(target, sampler, process, score, controller, steps, train_iters, batc
            n, seed, sets, config_path, out, dry_run) -> None:
     """Draw samples from TARGET and write them with metrics and a plot (`sdekit.run`).
 
-    With no arguments: the default job, a 40-mode Gaussian mixture (gmm40, known log Z)
-    sampled without its score, printing log Z-hat beside the known log Z.
+    With no TARGET, --sampler or --config: the default job, the 40-mode Gaussian mixture
+    gmm40 (log Z = 0 known) by tempered SMC, printing log Z-hat beside the known log Z.
 
     TARGET is a registered name (sdekit list targets), or user code: path/to/file.py:NAME
     or package.module:NAME (a log-density, with --set target.dim=D; a factory; or an
