@@ -188,6 +188,27 @@ def _check_members(what: str, process: Any) -> tuple[float, float, float]:
     return T, t_min, t_max
 
 
+def _check_shapes(what: str, process: AbstractProcess, t: float, dim: int) -> None:
+    """Output shapes for one point: drift `(d,)`, the others scalars."""
+    t = jnp.asarray(t, float)
+    calls = {
+        "drift(t, y)": (lambda: process.drift(t, jnp.ones(dim)), [(dim,)]),
+        "diffusion(t)": (lambda: process.diffusion(t), [()]),
+        "transition(s, t)": (lambda: process.transition(t, t), [(), ()]),
+        "reference_std(t)": (lambda: process.reference_std(t), [()]),
+    }
+    for name, (call, expected) in calls.items():
+        try:
+            out = jax.eval_shape(call)
+        except Exception as e:  # noqa: BLE001 - any failure is the process failing
+            _fail(what, name, f"fails on one point of shape ({dim},): {type(e).__name__}: {e}")
+        if len(expected) == 2 and not (isinstance(out, tuple) and len(out) == 2):
+            _fail(what, name, f"returned {out}; expected a tuple (a, sigma) of two scalars")
+        shapes = [leaf.shape for leaf in jax.tree_util.tree_leaves(out)]
+        if shapes != expected:
+            _fail(what, name, f"returned shapes {shapes}; expected {expected} (scalars are shape ())")
+
+
 def _short_intervals(t_min: float, t_max: float) -> tuple[Array, Array, list[str]]:
     """Short `(s, t)` at both ends of the window, rounded to the default float type."""
     lo, hi = jnp.asarray(t_min, float), jnp.asarray(t_max, float)
@@ -211,7 +232,8 @@ def check_process(process: AbstractProcess | str, *, dim: int = 3) -> dict[str, 
     r"""Check a forward process against the `AbstractProcess` contract.
 
     - `T`, `t_min`, `t_max` are finite with `0 <= t_min < t_max <= T`; `default_spacing`
-      is a known spacing; `drift`, `diffusion`, `transition`, `reference_std` give finite
+      is a known spacing; for one point `drift` returns shape `(dim,)`, `transition` a
+      tuple of two scalars, `diffusion` and `reference_std` scalars; all give finite
       values (and `transition` finite gradients) under `jit`, `vmap` and `grad`.
     - The drift is linear, $f(t, y) = c(t) y$ (Gaussian transitions need it), and
       `transition(s, s) = (1, 0)`.
@@ -233,6 +255,7 @@ def check_process(process: AbstractProcess | str, *, dim: int = 3) -> dict[str, 
     process = _build("process", process)
     what = f"process {type(process).__name__}"
     _, t_min, t_max = _check_members(what, process)
+    _check_shapes(what, process, 0.5 * (t_min + t_max), dim)
     times = t_min + (t_max - t_min) * jnp.asarray(_FRACTIONS, float)
     times = times.at[0].set(t_min).at[-1].set(t_max)
     short_s, short_t, short_labels = _short_intervals(t_min, t_max)
@@ -814,19 +837,20 @@ def _equal(a: dict, b: dict) -> bool:
 
 
 def check_diagnostic(
-    diagnostic: AbstractDiagnostic | str,
+    diagnostic: AbstractDiagnostic | str | dict,
     *,
     key: PRNGKeyArray | None = None,
     **inputs: Any,
 ) -> dict[str, Any]:
     """Check a diagnostic against the `AbstractDiagnostic` contract; returns its values.
 
+    `diagnostic` is an instance, a registered name or a `{"name": ..., **options}` dict.
     `inputs` are the keyword arguments it is called with (`target=`, `sampler=`,
     `samples=`, …). The result is a dict of `str` to finite numbers (or lists of them,
     booleans allowed), possibly `{}` when the diagnostic does not apply, and a second call
     with the same key returns exactly the same values.
     """
-    diagnostic = create("diagnostic", diagnostic) if isinstance(diagnostic, str) else diagnostic
+    diagnostic = _build("diagnostic", diagnostic)
     what = f"diagnostic {type(diagnostic).__name__}"
     if not isinstance(diagnostic, AbstractDiagnostic):
         _fail(what, "interface", f"expected an sdekit.AbstractDiagnostic, got {type(diagnostic).__name__}")

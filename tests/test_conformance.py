@@ -62,6 +62,14 @@ class DriftOff(VP):
         return 1.05 * super().drift(t, y)
 
 
+class VectorStd(VP):
+    """A per-coordinate std where the interface has a scalar."""
+
+    def transition(self, s, t):
+        a, sig = super().transition(s, t)
+        return a, sig * jnp.ones(3)
+
+
 class Nonlinear(VP):
     def drift(self, t, y):
         return super().drift(t, y) + 0.1 * jnp.sin(y)
@@ -81,6 +89,11 @@ def test_broken_process_fails(cls, match):
     with pytest.raises(st.ConformanceError, match=match) as info:
         st.check_process(cls())
     assert "tolerance" in str(info.value)
+
+
+def test_wrong_shape_fails():
+    with pytest.raises(st.ConformanceError, match=r"transition\(s, t\): returned shapes \[\(\), \(3,\)\]"):
+        st.check_process(VectorStd())
 
 
 def test_conformance_error_is_an_assertion_error():
@@ -148,17 +161,23 @@ def test_exact_score_conforms():
     assert measured["exact_score_rms"] <= 10 * st.EXACT_ULPS * 1.2e-7
 
 
-@SLOW
 @pytest.mark.parametrize("name, process", [("mc-score", "vp"), ("follmer", "pbm")])
 def test_estimated_scores_conform(name, process):
     # Monte-Carlo estimates: their accuracy is the caller's claim, here 20 % RMS.
     st.check_score({"name": name, "draws": 1000}, target="gaussian", process=process, rtol=0.2, n=64)
 
 
-def test_untrained_controller_conforms():
-    target = sdekit.create("target", "gaussian")
-    controller = sdekit.create("controller", "mlp", target=target, process=sdekit.create("process", "vp"))
-    st.check_score(controller, target=target)
+CONTROLLERS = ["mlp", "pis-grad", "limited-width"]
+
+
+def test_every_controller_is_covered():
+    assert set(CONTROLLERS) == set(sdekit.registry().names("controller"))
+
+
+@pytest.mark.parametrize("name", CONTROLLERS)
+def test_untrained_controller_conforms(name):
+    target, process = sdekit.create("target", "gaussian"), sdekit.create("process", "vp")
+    st.check_score(sdekit.create("controller", name, target=target, process=process), target=target)
 
 
 def test_wrong_score_fails():
@@ -242,7 +261,7 @@ def run():
 
 @pytest.mark.parametrize("name", _marked(list(DIAGNOSTICS), SLOW_DIAGNOSTICS))
 def test_builtin_diagnostic_conforms(name, run):
-    values = st.check_diagnostic(sdekit.create("diagnostic", name, **DIAGNOSTICS[name]), **run)
+    values = st.check_diagnostic({"name": name, **DIAGNOSTICS[name]}, **run)
     assert values, f"{name} applies to a reverse-SDE run on a Gaussian"
 
 
