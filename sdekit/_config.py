@@ -220,9 +220,7 @@ def _apply(cfg: dict[str, Any], names: Mapping[str, str | None], n: int | None,
     _check_int("n", cfg["n"], 1)
     for kind in ("target", "sampler"):
         if "name" not in cfg.setdefault(kind, {}):
-            default = DEFAULTS[kind]
-            cfg[kind] = {**default, **cfg[kind]} if kind == "sampler" else {
-                "name": default["name"], **cfg[kind]}
+            cfg[kind] = {**DEFAULTS[kind], **cfg[kind]}
     for kind in SECTIONS:
         if kind in cfg and not isinstance(cfg[kind].get("name", ""), str):
             raise ConfigError(f"{kind}.name must be a string, got {cfg[kind]['name']!r}")

@@ -8,8 +8,12 @@
   `sdekit.train`: DSM for any process with Gaussian transitions, plus an optional
   Fokker–Planck residual (`sdekit.fokker_planck`) with a weight;
 - sampling: `sample_sde`, `sample_ode` (the `reverse-sde` and `pf-ode` samplers);
-- runs: `train_run` (what `sdekit train-score` does) and the registered score `learned`,
-  which loads a trained network from a run directory.
+- runs: `resolve` (the configuration, by the core's rules: `sdekit.parse_set`,
+  `sdekit.check_section`, `sdekit.ConfigError`), `train_run` (what `sdekit train-score`
+  does; returns a `sdekit.Run` and writes its files with `sdekit.io`) and the registered
+  score `learned`, which loads a trained network from a run directory.
+
+It uses only `sdekit`'s public API (metrics from `sdekit.metrics`).
 """
 
 import sdekit

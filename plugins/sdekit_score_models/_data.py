@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from sdekit import io as _io
+from sdekit import io as sio
 
 __all__ = ["DATASETS", "dataset", "datasets", "load_data"]
 
@@ -108,7 +108,7 @@ def load_data(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        arrays = _io.load_npz(path) if path.suffix == ".npz" else {"x": np.load(path, allow_pickle=False)}
+        arrays = sio.load_npz(path) if path.suffix == ".npz" else {"x": np.load(path, allow_pickle=False)}
     except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"{path}: not a readable {path.suffix} array file ({e})") from e
     if "x" in arrays:
