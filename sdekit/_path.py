@@ -75,8 +75,11 @@ def gaussian_log_ratio(
     r"""$\log\mathcal N(x; m_B, \sigma_B^2) - \log\mathcal N(y; m_F, \sigma_F^2)$, summed
     over the last axis and formed as one difference. Stds are scalars or per-coordinate."""
     z_b, z_f = (x - mean_b) / std_b, (y - mean_f) / std_f
-    d = x.shape[-1]
-    log_std = jnp.sum(jnp.broadcast_to(jnp.log(std_f) - jnp.log(std_b), (d,)))
+    # log of the ratio, not a difference of logs: exactly 0 where the two stds are equal
+    # (the optimal kernels), where log(a) - log(a) need not be when the two logs are
+    # evaluated by different (vectorised or scalar) code
+    log_std = jnp.log(std_f / std_b)
+    log_std = x.shape[-1] * log_std if jnp.ndim(log_std) == 0 else jnp.sum(log_std, -1)
     return 0.5 * (jnp.sum(z_f**2, -1) - jnp.sum(z_b**2, -1)) + log_std
 
 

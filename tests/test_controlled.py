@@ -294,6 +294,14 @@ def test_the_default_control_scale_is_the_reference_std():
 
 @pytest.mark.parametrize("name", ["pis-grad", "mlp", "limited-width"])
 def test_controllers_work_alone_from_a_target_name(name):
+    from sdekit_controllers import LimitedWidth, PISGrad, TimeMLP
+
     controller = sdekit.create("controller", name, target="funnel")
     assert isinstance(controller, sdekit.AbstractController)
     assert controller(0.5, jnp.ones(10)).shape == (10,)
+    # the exported class is the registered factory: same initialisation from the same seed
+    cls = {"pis-grad": PISGrad, "mlp": TimeMLP, "limited-width": LimitedWidth}[name]
+    alone = cls("funnel", seed=3)
+    again = sdekit.create("controller", name, target="funnel", process="pbm", seed=3)
+    for a, b in zip(jax.tree.leaves(eqx.filter(alone, eqx.is_array)), jax.tree.leaves(eqx.filter(again, eqx.is_array))):
+        np.testing.assert_array_equal(a, b)

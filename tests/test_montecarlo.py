@@ -271,5 +271,10 @@ def test_montecarlo_factories_work_alone_and_declare_their_capabilities():
     assert isinstance(sdekit.create("score", "mc-score", target="gaussian"), sdekit.AbstractScore)
     for name in ("nuts", "smc"):
         assert isinstance(sdekit.create("sampler", name, target="gaussian"), sdekit.AbstractSampler)
+    # the exported classes alike
+    from sdekit_montecarlo import NUTS, SMC, MonteCarloScore
+
+    assert NUTS("gaussian").chains == 4 and SMC("gaussian").steps == 100
+    assert type(MonteCarloScore("gaussian").process).__name__ == "VP"
 
 

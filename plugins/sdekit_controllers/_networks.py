@@ -53,7 +53,10 @@ class FourierTime(eqx.Module):
 def _parts(target: Spec, process: Spec) -> tuple[AbstractTarget, AbstractProcess]:
     """The target and process the specs describe (`sdekit.resolve_part`); a controller
     uses the target's dimension (and score) and the process's horizon `T`."""
-    return sdekit.resolve_part("target", target), sdekit.resolve_part("process", process)
+    # a target object is taken as given: it may hold traced arrays (a controller built
+    # inside jax.jit), where check_target's value checks cannot run; compose checks it
+    target = target if isinstance(target, AbstractTarget) else sdekit.resolve_part("target", target)
+    return target, sdekit.resolve_part("process", process)
 
 
 def _check(**values: tuple[int, int]) -> None:
@@ -64,10 +67,28 @@ def _check(**values: tuple[int, int]) -> None:
 
 
 class TimeMLP(AbstractController):
-    r"""$u(t, x) = \mathrm{NN}(x, \mathrm{emb}(t))$, last layer zero-initialised."""
+    r"""A time-embedded MLP $u(t, x) = \mathrm{NN}(x, \mathrm{emb}(t))$, last layer zero-initialised.
+
+    `width` x `depth` hidden layers, `features` Fourier features of $t/T$ ($T$ the
+    process's horizon), initialised from `seed`. `TimeMLP(target="funnel")` works alone.
+    """
 
     time: FourierTime
     net: eqx.nn.MLP
+
+    def __init__(
+        self,
+        target: Spec,
+        process: Spec = "pbm",
+        width: int = 64,
+        depth: int = 2,
+        features: int = 64,
+        seed: int = 0,
+    ):
+        _check(width=(width, 1), depth=(depth, 0), features=(features, 1))
+        target, process = _parts(target, process)
+        self.time = FourierTime(features, process.T)
+        self.net = _mlp(target.dim + 2 * features, target.dim, width, depth, jax.random.key(seed))
 
     def __call__(self, t, x):
         return _state_time_mlp(self.net, x, self.time(t))
@@ -76,9 +97,11 @@ class TimeMLP(AbstractController):
 class PISGrad(AbstractController):
     r"""The PIS-grad network $u(t, x) = \mathrm{NN}(x, \mathrm{emb}(t)) + \mathrm{NN}_t(\mathrm{emb}(t)) \odot \mathrm{clip}(\nabla\log\gamma(x))$.
 
-    Both networks' last layers are zero-initialised. `grad_clip` clips each component of
-    $\nabla\log\gamma$ to $[-\text{grad\_clip}, \text{grad\_clip}]$ and `output_clip`
-    clips each component of $u$; both are part of the model, stated here, never hidden.
+    `width` x `depth` MLPs, `features` Fourier features of $t/T$, initialised from
+    `seed`; both networks' last layers are zero-initialised. `grad_clip` clips each
+    component of $\nabla\log\gamma$ to $[-\text{grad\_clip}, \text{grad\_clip}]$ and
+    `output_clip` clips each component of $u$; both are part of the model, stated here,
+    never hidden. `PISGrad(target="funnel")` works alone.
     """
 
     time: FourierTime
@@ -88,6 +111,28 @@ class PISGrad(AbstractController):
     grad_clip: float = eqx.field(static=True)
     output_clip: float = eqx.field(static=True)
 
+    def __init__(
+        self,
+        target: Spec,
+        process: Spec = "pbm",
+        width: int = 64,
+        depth: int = 2,
+        features: int = 64,
+        grad_clip: float = 100.0,
+        output_clip: float = 1e4,
+        seed: int = 0,
+    ):
+        _check(width=(width, 1), depth=(depth, 0), features=(features, 1))
+        if not (grad_clip > 0 and output_clip > 0):
+            raise ValueError(f"grad_clip and output_clip must be positive, got {grad_clip}, {output_clip}")
+        self.target, process = _parts(target, process)
+        d = self.target.dim
+        k1, k2 = jax.random.split(jax.random.key(seed))
+        self.time = FourierTime(features, process.T)
+        self.state_net = _mlp(d + 2 * features, d, width, depth, k1)
+        self.time_net = _mlp(2 * features, d, width, depth, k2)
+        self.grad_clip, self.output_clip = float(grad_clip), float(output_clip)
+
     def __call__(self, t, x):
         emb = self.time(t)
         grad = jnp.clip(jax.grad(self.target.log_prob)(x), -self.grad_clip, self.grad_clip)
@@ -96,14 +141,35 @@ class PISGrad(AbstractController):
 
 
 class LimitedWidth(AbstractController):
-    r"""A neural SDE whose weights are piecewise-constant controls:
-    $u(t, x) = W(t) \tanh(A(t) x + b(t))$ with `width` hidden units (default: the
-    dimension) and `pieces` equal time intervals of $[0, T]$. $W$ starts at zero."""
+    r"""A width-limited control, piecewise constant in time: $u(t, x) = W(t) \tanh(A(t) x + b(t))$.
+
+    `width` hidden units (default: the dimension), `pieces` equal time intervals of
+    $[0, T]$; $W$ starts at zero, $A$ and $b$ random from `seed`.
+    `LimitedWidth(target="funnel")` works alone.
+    """
 
     W: Float[Array, "pieces d width"]
     A: Float[Array, "pieces width d"]
     b: Float[Array, "pieces width"]
     T: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        target: Spec,
+        process: Spec = "pbm",
+        pieces: int = 10,
+        width: int | None = None,
+        seed: int = 0,
+    ):
+        target, process = _parts(target, process)
+        d = target.dim
+        width = d if width is None else width
+        _check(width=(width, 1), pieces=(pieces, 1))
+        kA, kb = jax.random.split(jax.random.key(seed))
+        self.W = jnp.zeros((pieces, d, width))
+        self.A = jax.random.normal(kA, (pieces, width, d)) / jnp.sqrt(d)
+        self.b = 0.1 * jax.random.normal(kb, (pieces, width))
+        self.T = process.T
 
     def __call__(self, t, x):
         pieces = self.W.shape[0]
@@ -111,66 +177,9 @@ class LimitedWidth(AbstractController):
         return self.W[k] @ jnp.tanh(self.A[k] @ x + self.b[k])
 
 
-def pis_grad(
-    target: Spec,
-    process: Spec = "pbm",
-    width: int = 64,
-    depth: int = 2,
-    features: int = 64,
-    grad_clip: float = 100.0,
-    output_clip: float = 1e4,
-    seed: int = 0,
-) -> PISGrad:
-    """PIS-grad network: `width` x `depth` MLPs, `features` Fourier time features;
-    `grad_clip` on the target's score and `output_clip` on the drift (componentwise)."""
-    _check(width=(width, 1), depth=(depth, 0), features=(features, 1))
-    if not (grad_clip > 0 and output_clip > 0):
-        raise ValueError(f"grad_clip and output_clip must be positive, got {grad_clip}, {output_clip}")
-    target, process = _parts(target, process)
-    d = target.dim
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    return PISGrad(
-        FourierTime(features, process.T),
-        _mlp(d + 2 * features, d, width, depth, k1),
-        _mlp(2 * features, d, width, depth, k2),
-        target,
-        float(grad_clip),
-        float(output_clip),
-    )
-
-
-def time_mlp(
-    target: Spec,
-    process: Spec = "pbm",
-    width: int = 64,
-    depth: int = 2,
-    features: int = 64,
-    seed: int = 0,
-) -> TimeMLP:
-    """A time-embedded MLP `NN(x, emb(t))`: `width` x `depth`, `features` Fourier features."""
-    _check(width=(width, 1), depth=(depth, 0), features=(features, 1))
-    target, process = _parts(target, process)
-    net = _mlp(target.dim + 2 * features, target.dim, width, depth, jax.random.key(seed))
-    return TimeMLP(FourierTime(features, process.T), net)
-
-
-def limited_width(
-    target: Spec,
-    process: Spec = "pbm",
-    pieces: int = 10,
-    width: int | None = None,
-    seed: int = 0,
-) -> LimitedWidth:
-    """Width-limited control `W(t) tanh(A(t) x + b(t))`, piecewise constant on `pieces`
-    intervals; `width` defaults to the dimension."""
-    target, process = _parts(target, process)
-    d = target.dim
-    width = d if width is None else width
-    _check(width=(width, 1), pieces=(pieces, 1))
-    kA, kb = jax.random.split(jax.random.key(seed))
-    return LimitedWidth(
-        W=jnp.zeros((pieces, d, width)),
-        A=jax.random.normal(kA, (pieces, width, d)) / jnp.sqrt(d),
-        b=0.1 * jax.random.normal(kb, (pieces, width)),
-        T=process.T,
-    )
+pis_grad = PISGrad
+"""The registered controller `pis-grad`: `PISGrad` itself."""
+time_mlp = TimeMLP
+"""The registered controller `mlp`: `TimeMLP` itself."""
+limited_width = LimitedWidth
+"""The registered controller `limited-width`: `LimitedWidth` itself."""

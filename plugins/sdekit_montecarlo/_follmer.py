@@ -16,7 +16,7 @@ from sdekit import (
     time_grid,
 )
 
-from ._checks import check_draws, check_gradient, check_seed
+from ._checks import check_draws, check_gradient, check_seed, resolve_target
 from ._snis import draws_key, snis
 
 Spec = str | dict[str, Any] | Any
@@ -75,8 +75,12 @@ class FollmerDrift(AbstractScore):
     bits of `t` and a hash of `x`: independent-looking draws for distinct points, the same
     for the same point (the estimate is a deterministic, non-smooth function of `(t, x)`).
     With `common_draws=True` every `(t, x)` uses the same draws from `key` (common random
-    numbers: a smooth field, errors correlated across points; for ODE solvers). The
-    `follmer` sampler replaces `key` with a fresh one at every `sample` call.
+    numbers: a smooth field, errors correlated across points; for ODE solvers). `seed`
+    sets `key`; the `follmer` sampler replaces it with a fresh one at every call.
+
+    `process` must be a pinned Brownian motion (checked by its behaviour: constant
+    diffusion, reference std $\sigma\sqrt{T - t}$, drift $-y/(T - t)$), such as `pbm`.
+    `FollmerDrift(target="funnel")` works alone.
     """
 
     target: AbstractTarget
@@ -100,7 +104,7 @@ class FollmerDrift(AbstractScore):
         self.draws, self.chunk = check_draws(draws, chunk)
         if not isinstance(common_draws, bool):
             raise ValueError(f"common_draws must be True or False, got {common_draws!r}")
-        self.target = sdekit.resolve_part("target", target)
+        self.target = resolve_target(target)
         self.process = _pinned(process, "score 'follmer'")
         self.key = jax.random.key(check_seed(seed))
         self.gradient, self.common_draws = check_gradient(gradient), common_draws

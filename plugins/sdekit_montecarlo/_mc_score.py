@@ -6,12 +6,21 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar, ScalarLike
 import sdekit
 from sdekit import AbstractProcess, AbstractScore, AbstractTarget
 
-from ._checks import check_draws, check_gradient, check_positive, check_seed
+from ._checks import check_draws, check_gradient, check_positive, check_seed, resolve_target
 from ._snis import draws_key, snis
 
 
 class MonteCarloScore(AbstractScore):
-    r"""$\nabla_x \log p_t(x)$ by self-normalised importance sampling from the unnormalised target.
+    r"""Monte-Carlo score of the noised target (reverse-diffusion Monte Carlo), for `reverse-sde`/`pf-ode`.
+
+    $\nabla_x \log p_t(x)$ by self-normalised importance sampling from the unnormalised
+    target. `draws`: draws per evaluation; `chunk`: draws held at once per point (`None`:
+    all); `gradient`: `"stein"` (Tweedie, values only), `"autodiff"` (target-score
+    identity) or `"auto"` (autodiff where $a_t \ge \sigma_t$, else Stein);
+    `common_draws`: the same draws for every `(t, x)`; `seed`: the key of the draws;
+    `proposal_std`: std $s$ of the Gaussian stand-in whose posterior is the proposal
+    (`"prior"`, default: the process's prior std; `None`: $s = \infty$, the plain proposal
+    $\mathcal N(x/a_t, \sigma_t^2/a_t^2 I)$). `MonteCarloScore(target="gmm40")` works alone.
 
     For a process with $Y_t \mid Y_0 \sim \mathcal N(a_t Y_0, \sigma_t^2 I)$
     (`process.marginal(t)`; `vp` with any schedule, and every built-in process),
@@ -72,6 +81,31 @@ class MonteCarloScore(AbstractScore):
     common_draws: bool = eqx.field(static=True)
     proposal_std: float | None = eqx.field(static=True, default=None)
 
+    def __init__(
+        self,
+        target: AbstractTarget | str | dict,
+        process: AbstractProcess | str | dict = "vp",
+        draws: int = 1000,
+        chunk: int | None = 100,
+        gradient: str = "stein",
+        common_draws: bool = False,
+        seed: int = 0,
+        proposal_std: float | str | None = "prior",
+    ):
+        target = resolve_target(target)
+        process = sdekit.resolve_part("process", process)
+        draws, chunk = check_draws(draws, chunk)
+        if not isinstance(common_draws, bool):
+            raise ValueError(f"common_draws must be True or False, got {common_draws!r}")
+        if proposal_std == "prior":
+            proposal_std = float(process.reference_std(process.t_max))
+        if proposal_std is not None:
+            check_positive(proposal_std=proposal_std)
+        self.target, self.process, self.key = target, process, jax.random.key(check_seed(seed))
+        self.draws, self.chunk, self.common_draws = draws, chunk, common_draws
+        self.gradient = check_gradient(gradient, ("auto",))
+        self.proposal_std = None if proposal_std is None else float(proposal_std)
+
     @property
     def target_evaluations_per_call(self) -> int:
         """Evaluations of $\\log\\gamma$ (with its gradient for `autodiff`) per point and call."""
@@ -117,38 +151,5 @@ class MonteCarloScore(AbstractScore):
         return self.estimate(t, x)[0]
 
 
-def mc_score(
-    target: AbstractTarget | str | dict,
-    process: AbstractProcess | str | dict = "vp",
-    draws: int = 1000,
-    chunk: int | None = 100,
-    gradient: str = "stein",
-    common_draws: bool = False,
-    seed: int = 0,
-    proposal_std: float | str | None = "prior",
-) -> MonteCarloScore:
-    """Monte-Carlo score of the noised target (reverse-diffusion Monte Carlo), for `reverse-sde`/`pf-ode`.
-
-    Self-normalised importance sampling of $p(x_0 \\mid x_t)$ with a Gaussian proposal
-    (see `MonteCarloScore`). `draws`: draws per
-    evaluation; `chunk`: draws held at once per point (`None`: all); `gradient`:
-    `"stein"` (Tweedie, values only), `"autodiff"` (target-score identity) or `"auto"`
-    (autodiff where $a_t \\ge \\sigma_t$, else Stein); `common_draws`: the same
-    draws for every `(t, x)`; `seed`: the key of the draws; `proposal_std`: std $s$ of
-    the Gaussian stand-in whose posterior is the proposal (`"prior"`, default: the
-    process's prior std; `None`: $s = \\infty$, the plain proposal $\\mathcal N(x/a_t, \\sigma_t^2/a_t^2 I)$).
-    """
-    target = sdekit.resolve_part("target", target)
-    process = sdekit.resolve_part("process", process)
-    draws, chunk = check_draws(draws, chunk)
-    if not isinstance(common_draws, bool):
-        raise ValueError(f"common_draws must be True or False, got {common_draws!r}")
-    if proposal_std == "prior":
-        proposal_std = float(process.reference_std(process.t_max))
-    if proposal_std is not None:
-        check_positive(proposal_std=proposal_std)
-    return MonteCarloScore(
-        target, process, jax.random.key(check_seed(seed)), draws, chunk,
-        check_gradient(gradient, ("auto",)), common_draws,
-        None if proposal_std is None else float(proposal_std),
-    )
+mc_score = MonteCarloScore
+"""The registered factory: `MonteCarloScore` itself."""

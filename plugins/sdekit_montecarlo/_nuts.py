@@ -4,14 +4,20 @@ import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 from numpyro.infer.hmc import hmc
 
-import sdekit
 from sdekit import AbstractSampler, AbstractTarget, Samples
 
-from ._checks import check_int, check_positive
+from ._checks import check_int, check_positive, resolve_target
 
 
 class NUTS(AbstractSampler):
-    r"""The No-U-Turn sampler (numpyro's NUTS kernel on $-\log\gamma$ as `potential_fn`).
+    r"""No-U-Turn sampler (numpyro) on the target's log-density: an MCMC baseline, no log-weights.
+
+    numpyro's NUTS kernel on $-\log\gamma$ as `potential_fn`. `num_warmup`: adaptation
+    iterations per chain; `chains`: vectorised chains (the `n` samples are split between
+    them); `init_scale`: std of the chains' normal starting points; `target_accept`:
+    dual-averaging target; `max_tree_depth`: at most `2**max_tree_depth - 1` leapfrog
+    steps per iteration; `thinning`: iterations per kept sample (every `thinning`-th
+    state after warm-up is returned). `NUTS(target="funnel")` works alone.
 
     `chains` chains, vectorised with `jax.vmap`, each started at
     $\mathcal N(0, \text{init\_scale}^2 I)$ and adapted for `num_warmup` iterations
@@ -37,6 +43,25 @@ class NUTS(AbstractSampler):
     target_accept: float
     max_tree_depth: int = eqx.field(static=True)
     thinning: int = eqx.field(static=True, default=1)
+
+    def __init__(
+        self,
+        target: AbstractTarget | str | dict,
+        num_warmup: int = 500,
+        chains: int = 4,
+        init_scale: float = 1.0,
+        target_accept: float = 0.8,
+        max_tree_depth: int = 10,
+        thinning: int = 1,
+    ):
+        target = resolve_target(target)
+        check_int(0, num_warmup=num_warmup)
+        check_int(1, chains=chains, max_tree_depth=max_tree_depth, thinning=thinning)
+        check_positive(init_scale=init_scale)
+        if not (isinstance(target_accept, float) and 0 < target_accept < 1):
+            raise ValueError(f"target_accept must be a float in (0, 1), got {target_accept!r}")
+        self.target, self.num_warmup, self.chains, self.init_scale = target, num_warmup, chains, init_scale
+        self.target_accept, self.max_tree_depth, self.thinning = target_accept, max_tree_depth, thinning
 
     def _chain(self, key: PRNGKeyArray, kept: int):
         init_kernel, sample_kernel = hmc(potential_fn=lambda x: -self.target.log_prob(x), algo="NUTS")
@@ -85,27 +110,5 @@ class NUTS(AbstractSampler):
         return Samples(x, None), stats
 
 
-def nuts(
-    target: AbstractTarget | str | dict,
-    num_warmup: int = 500,
-    chains: int = 4,
-    init_scale: float = 1.0,
-    target_accept: float = 0.8,
-    max_tree_depth: int = 10,
-    thinning: int = 1,
-) -> NUTS:
-    """No-U-Turn sampler (numpyro) on the target's log-density: an MCMC baseline, no log-weights.
-
-    `num_warmup`: adaptation iterations per chain; `chains`: vectorised chains (the `n`
-    samples are split between them); `init_scale`: std of the chains' normal starting
-    points; `target_accept`: dual-averaging target; `max_tree_depth`: at most
-    `2**max_tree_depth - 1` leapfrog steps per iteration; `thinning`: iterations per kept
-    sample (every `thinning`-th state after warm-up is returned).
-    """
-    target = sdekit.resolve_part("target", target)
-    check_int(0, num_warmup=num_warmup)
-    check_int(1, chains=chains, max_tree_depth=max_tree_depth, thinning=thinning)
-    check_positive(init_scale=init_scale)
-    if not (isinstance(target_accept, float) and 0 < target_accept < 1):
-        raise ValueError(f"target_accept must be a float in (0, 1), got {target_accept!r}")
-    return NUTS(target, num_warmup, chains, init_scale, target_accept, max_tree_depth, thinning)
+nuts = NUTS
+"""The registered factory: `NUTS` itself."""

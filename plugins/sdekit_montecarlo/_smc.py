@@ -8,14 +8,18 @@ from blackjax.smc import resampling
 from blackjax.smc import tempered as bj_tempered
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
-import sdekit
 from sdekit import AbstractSampler, AbstractTarget, Samples, gaussian_log_prob
 
-from ._checks import check_int, check_positive
+from ._checks import check_int, check_positive, resolve_target
 
 
 class SMC(AbstractSampler):
-    r"""Tempered sequential Monte Carlo (annealed importance sampling with resampling), blackjax.
+    r"""Tempered SMC from N(0, sigma^2 I) to the target (blackjax, HMC moves, fixed schedule); log Z estimate.
+
+    Annealed importance sampling with resampling. `steps`: tempering steps $K$, schedule
+    $\beta_k = (k/K)^{\text{schedule\_power}}$; `mcmc_steps` HMC moves of `leapfrog`
+    steps per tempering step; `sigma`: std of the initial Gaussian; `step_size`: initial
+    HMC step size, then adapted towards `target_accept`. `SMC(target="funnel")` works alone.
 
     The path $\pi_\beta \propto \mathcal N(x; 0, \sigma^2 I)^{1-\beta}\gamma(x)^\beta$ runs over
     the fixed schedule $\beta_k = (k/K)^p$, $k = 1..K$ (`steps` $K$, `schedule_power` $p$),
@@ -50,6 +54,25 @@ class SMC(AbstractSampler):
     steps: int = eqx.field(static=True)
     mcmc_steps: int = eqx.field(static=True)
     leapfrog: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        target: AbstractTarget | str | dict,
+        steps: int = 100,
+        mcmc_steps: int = 2,
+        leapfrog: int = 5,
+        sigma: float = 1.0,
+        step_size: float = 0.2,
+        target_accept: float = 0.65,
+        schedule_power: float = 4.0,
+    ):
+        target = resolve_target(target)
+        check_int(1, steps=steps, mcmc_steps=mcmc_steps, leapfrog=leapfrog)
+        check_positive(sigma=sigma, step_size=step_size, schedule_power=schedule_power)
+        if not (isinstance(target_accept, float) and 0 < target_accept < 1):
+            raise ValueError(f"target_accept must be a float in (0, 1), got {target_accept!r}")
+        self.target, self.sigma, self.step_size, self.target_accept = target, sigma, step_size, target_accept
+        self.schedule_power, self.steps, self.mcmc_steps, self.leapfrog = schedule_power, steps, mcmc_steps, leapfrog
 
     def _log_prior(self, x: Float[Array, " d"]) -> Scalar:
         return gaussian_log_prob(x, 0.0, self.sigma)
@@ -103,26 +126,5 @@ class SMC(AbstractSampler):
         return Samples(x, jnp.full((n,), log_Z)), stats
 
 
-def smc(
-    target: AbstractTarget | str | dict,
-    steps: int = 100,
-    mcmc_steps: int = 2,
-    leapfrog: int = 5,
-    sigma: float = 1.0,
-    step_size: float = 0.2,
-    target_accept: float = 0.65,
-    schedule_power: float = 4.0,
-) -> SMC:
-    """Tempered SMC from N(0, sigma^2 I) to the target (blackjax, HMC moves, fixed schedule); log Z estimate.
-
-    `steps`: tempering steps $K$, schedule $\\beta_k = (k/K)^{\\text{schedule\\_power}}$;
-    `mcmc_steps` HMC moves of `leapfrog` steps per tempering step; `sigma`: std of the
-    initial Gaussian; `step_size`: initial HMC step size, then adapted towards
-    `target_accept`.
-    """
-    target = sdekit.resolve_part("target", target)
-    check_int(1, steps=steps, mcmc_steps=mcmc_steps, leapfrog=leapfrog)
-    check_positive(sigma=sigma, step_size=step_size, schedule_power=schedule_power)
-    if not (isinstance(target_accept, float) and 0 < target_accept < 1):
-        raise ValueError(f"target_accept must be a float in (0, 1), got {target_accept!r}")
-    return SMC(target, sigma, step_size, target_accept, schedule_power, steps, mcmc_steps, leapfrog)
+smc = SMC
+"""The registered factory: `SMC` itself."""

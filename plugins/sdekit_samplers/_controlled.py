@@ -22,11 +22,11 @@ from sdekit import (
     time_grid,
 )
 
+from ._parts import Spec, resolve_target
+
 LOSSES = ("kl", "log-variance")
 INTEGRATORS = ("euler", "exponential")
 
-Spec = str | dict[str, Any] | Any
-"""A part: a registered name, a `{"name": ..., **options}` dict, or an object."""
 
 
 class ControlledSDE(AbstractPathSampler, AbstractTrainable):
@@ -113,7 +113,7 @@ class ControlledSDE(AbstractPathSampler, AbstractTrainable):
         train_steps: int | None = None,
     ):
         _check_training(loss, exploration, batch, remat, devices, train_steps)
-        self.target = sdekit.resolve_part("target", target)
+        self.target = resolve_target(target)
         self.process = sdekit.resolve_part("process", process)
         self.controller = sdekit.resolve_part(
             "controller", controller, target=self.target, process=self.process

@@ -1,5 +1,3 @@
-from typing import Any
-
 import diffrax
 import equinox as eqx
 import jax
@@ -17,6 +15,8 @@ from sdekit import (
     time_grid,
 )
 
+from ._parts import Spec, resolve_target
+
 #: diffrax solvers for additive noise; "euler" is sdekit's own exact-kernel scan.
 _DIFFRAX_SOLVERS = {
     "heun": (diffrax.Heun, None),
@@ -25,8 +25,6 @@ _DIFFRAX_SOLVERS = {
 }
 SOLVERS = ("euler", *_DIFFRAX_SOLVERS)
 
-Spec = str | dict[str, Any] | Any
-"""A part: a registered name, a `{"name": ..., **options}` dict, or an object."""
 
 
 class ReverseSDE(AbstractDiffusionSampler):
@@ -64,7 +62,7 @@ class ReverseSDE(AbstractDiffusionSampler):
     ):
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-        self.target = None if target is None else sdekit.resolve_part("target", target)
+        self.target = None if target is None else resolve_target(target)
         self.process = sdekit.resolve_part("process", process)
         parts = {"process": self.process} | ({} if target is None else {"target": self.target})
         self.score = sdekit.resolve_part("score", score, **parts)
