@@ -300,7 +300,7 @@ def _factory(name: str, default_process: str, integrator: str, summary: str):
     the particles over that many devices (`None`: no sharding; same results either way).
     `exploration` (log-variance only): training trajectories' noise std times 1 + exploration.
     `control_scale` c: the controller's output is $c^2 u$ (`None`: the reference law's
-    largest std, `sigma` for `vp` and `pbm`). `train_steps`: the number of time steps of
+    largest std: `sigma` for `vp`, and for `pbm` with `T = 1`). `train_steps`: the number of time steps of
     the grid training simulates on (`None`: `steps`); sampling always uses `steps`."""
     return factory
 
