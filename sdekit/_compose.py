@@ -1,6 +1,5 @@
 """Build parts from names, and compose them into a sampler."""
 
-import difflib
 import inspect
 from typing import Any
 
@@ -13,6 +12,7 @@ from ._plugins import PARTS, Entry, registry
 from ._process import AbstractProcess
 from ._sampler import AbstractSampler
 from ._score import AbstractController, AbstractScore
+from ._suggest import did_you_mean
 from ._target import AbstractTarget, check_target
 
 _BASES = {
@@ -42,8 +42,7 @@ def _check_options(entry: Entry, options: dict[str, Any]) -> None:
     unknown = [k for k in options if k not in params]
     if not unknown:
         return
-    close = [c for u in unknown for c in difflib.get_close_matches(u, list(params), n=1)]
-    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    hint = "".join(did_you_mean(u, params) for u in unknown)
     raise CompositionError(
         f"{entry.kind} {entry.name!r} has no option {', '.join(map(repr, unknown))}.{hint} "
         f"Its options are: {_describe_options(entry)}"

@@ -60,6 +60,28 @@ def _path_name(path) -> str:
     return name or "x"
 
 
+def _flat_example(example: PyTree, dim: int | None, name: str) -> tuple[int, Callable]:
+    """The dimension of `example`'s flattened leaves, and the function that restores them."""
+    leaves = jax.tree_util.tree_leaves(example)
+    if not leaves:
+        raise TargetError(f"example for log-density {name} has no array leaves: {example!r}")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(example)[0]:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating) and not isinstance(
+            leaf, float
+        ):
+            raise TargetError(
+                f"example leaf {_path_name(path)!r} has dtype {jnp.result_type(leaf)}; "
+                f"positions are real: give floating-point leaves (e.g. 0.0, jnp.zeros(3))"
+            )
+    flat, unravel = ravel_pytree(jax.tree.map(jnp.asarray, example))
+    if dim is not None and dim != flat.shape[0]:
+        raise TargetError(
+            f"dim={dim!r} disagrees with example, whose leaves have {flat.shape[0]} "
+            f"numbers in all; give one of them"
+        )
+    return int(flat.shape[0]), unravel
+
+
 def target_from_log_prob(
     fn: Callable[..., Any],
     dim: int | None = None,
@@ -96,24 +118,7 @@ def target_from_log_prob(
     name = _describe(fn)
     unravel = None
     if example is not None:
-        leaves = jax.tree_util.tree_leaves(example)
-        if not leaves:
-            raise TargetError(f"example for log-density {name} has no array leaves: {example!r}")
-        for path, leaf in jax.tree_util.tree_flatten_with_path(example)[0]:
-            if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating) and not isinstance(
-                leaf, float
-            ):
-                raise TargetError(
-                    f"example leaf {_path_name(path)!r} has dtype {jnp.result_type(leaf)}; "
-                    f"positions are real: give floating-point leaves (e.g. 0.0, jnp.zeros(3))"
-                )
-        flat, unravel = ravel_pytree(jax.tree.map(jnp.asarray, example))
-        if dim is not None and dim != flat.shape[0]:
-            raise TargetError(
-                f"dim={dim!r} disagrees with example, whose leaves have {flat.shape[0]} "
-                f"numbers in all; give one of them"
-            )
-        dim = int(flat.shape[0])
+        dim, unravel = _flat_example(example, dim, name)
     if dim is None:
         raise TargetError(
             f"log-density {name}: give its dimension (dim=...) or an example position "

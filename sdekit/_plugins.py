@@ -6,7 +6,6 @@ by name and skipped, and never takes the others down.
 """
 
 import dataclasses
-import difflib
 import importlib.metadata
 import inspect
 import os
@@ -18,6 +17,7 @@ import pluggy
 
 from . import hookspecs
 from ._errors import PluginError, UnknownNameError
+from ._suggest import did_you_mean
 
 #: kind -> the hook that registers it.
 KINDS: dict[str, str] = {
@@ -152,10 +152,7 @@ def _conflict_message(kind: str, name: str, plugins: list[str]) -> str:
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> str:
-    msg = f"unknown {kind} {name!r}."
-    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
-    if close:
-        msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+    msg = f"unknown {kind} {name!r}.{did_you_mean(name, known, n=3)}"
     return msg + " Available: " + (", ".join(sorted(known)) or "none") + "."
 
 
@@ -197,10 +194,9 @@ def _check_hooks(pm: pluggy.PluginManager, plugin: object) -> None:
         if caller.has_spec():
             continue
         if any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls()):
-            close = difflib.get_close_matches(caller.name, HOOKS, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]!r}? " if close else ""
             raise PluginError(
-                f"it implements unknown hook {caller.name!r}; {hint}the sdekit hooks are: "
+                f"it implements unknown hook {caller.name!r}.{did_you_mean(caller.name, HOOKS)}"
+                " The sdekit hooks are: "
                 + ", ".join(HOOKS)
             )
 

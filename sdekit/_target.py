@@ -121,19 +121,7 @@ def check_target(target: AbstractTarget, key: PRNGKeyArray | None = None, n: int
     naming the bad value, instead of deep inside a compiled sampler. The evaluation is one
     compiled call, cached per target type and shape.
     """
-    if not isinstance(target, AbstractTarget):
-        raise TargetError(
-            f"expected an AbstractTarget (a subclass implementing log_prob and setting "
-            f"dim), got {type(target).__name__}"
-        )
-    name = type(target).__name__
-    dim = target.dim
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
-        raise TargetError(
-            f"{name}.dim is {dim!r}; expected a positive Python int, the dimension of the "
-            f"points log_prob takes (declare it `dim: int = eqx.field(static=True)`)"
-        )
-    dim = int(dim)
+    dim = _checked_dim(target)
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     key = jax.random.PRNGKey(0) if key is None else key
@@ -141,6 +129,29 @@ def check_target(target: AbstractTarget, key: PRNGKeyArray | None = None, n: int
     points = jnp.concatenate(
         [jnp.zeros((1, dim), dtype), jax.random.normal(key, (n - 1, dim), dtype)]
     )
+    values, grads = _values_and_grads(target, points)
+    _check_values(type(target).__name__, points, values, grads)
+
+
+def _checked_dim(target: AbstractTarget) -> int:
+    if not isinstance(target, AbstractTarget):
+        raise TargetError(
+            f"expected an AbstractTarget (a subclass implementing log_prob and setting "
+            f"dim), got {type(target).__name__}"
+        )
+    dim = target.dim
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
+        raise TargetError(
+            f"{type(target).__name__}.dim is {dim!r}; expected a positive Python int, the "
+            f"dimension of the points log_prob takes (declare it "
+            f"`dim: int = eqx.field(static=True)`)"
+        )
+    return int(dim)
+
+
+def _values_and_grads(target: AbstractTarget, points: Array) -> tuple[np.ndarray, np.ndarray]:
+    """`log_prob` and its gradient at `points`: compiled, or eagerly where jit cannot."""
+    name, (n, dim) = type(target).__name__, points.shape
     try:
         values, grads = _evaluate_jit(target, points, name)
     except TargetError:
@@ -155,8 +166,11 @@ def check_target(target: AbstractTarget, key: PRNGKeyArray | None = None, n: int
                 f"{name}.log_prob fails at the test points (the origin and {n - 1} "
                 f"standard-normal draws in dimension {dim}): {_error_text(e)}"
             ) from e
-    values, grads = np.asarray(values), np.asarray(grads)
+    return np.asarray(values), np.asarray(grads)
 
+
+def _check_values(name: str, points: Array, values: np.ndarray, grads: np.ndarray) -> None:
+    n = len(values)
     where = (
         f"(the test points are the origin and {n - 1} standard-normal draws)" if n > 1
         else "(the test point is the origin)"

@@ -32,7 +32,7 @@ from scipy.spatial.distance import pdist
 import sdekit
 
 try:
-    from sdekit_diagnostics import mmd
+    from sdekit.metrics import mmd
 except ImportError:  # the diagnostics plugin is written concurrently; same estimator
     mmd = None
 

@@ -320,7 +320,7 @@ def test_misspelt_hook_is_reported_and_skipped(extra_entry_points):
         reg = sdekit.registry()
     error = failures()["sdekit-test-misspelt"]
     assert "unknown hook 'register_target'" in error
-    assert "did you mean 'register_targets'" in error
+    assert "Did you mean 'register_targets'" in error
     assert "sdekit-test-misspelt" not in loaded() and FIRST_PARTY <= loaded()
     assert "misspelt" not in reg.names("target") and "gmm40" in reg.names("target")
 
@@ -330,7 +330,7 @@ def test_register_plugin_rejects_a_misspelt_hook():
         sdekit.register_plugin(MisspeltPlugin(), name="sdekit-test-misspelt")
     message = str(error.value)
     assert "'sdekit-test-misspelt'" in message and "'register_target'" in message
-    assert "did you mean 'register_targets'" in message
+    assert "Did you mean 'register_targets'" in message
     assert "sdekit-test-misspelt" not in loaded()
     # The plugin manager is still usable: a good plugin registers after the bad one.
     sdekit.register_plugin(ToyPlugin(), name=TOY)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import sdekit
-from sdekit_diagnostics import elbo, ess, log_Z, mmd, sliced_w2, w2
+from sdekit.metrics import elbo, ess, log_Z, mmd, sliced_w2, w2
 
 EPS32 = float(jnp.finfo(jnp.float32).eps)
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,

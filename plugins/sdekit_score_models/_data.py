@@ -1,6 +1,6 @@
 """Data for score matching: built-in 2-d data sets, and arrays from `.npy`/`.npz` files.
 
-The "blob", "checker" and "circles" sets are those of the ODE–SDE gap paper (seed 001,
+The "blob", "checker" and "circles" sets are those of the ODE–SDE gap paper (paper 001 of
 REPRODUCTIONS.md); "moons" and "swiss-roll" are the usual toy sets. They are data sets,
 not targets: they have no density, only a sampler.
 """
