@@ -19,6 +19,11 @@ forward kernel gives the law of $x_k$ given $x_{k-1} = $ `x`, the backward kerne
 $x_{k-1}$ given $x_k = $ `x`. `std` is a scalar or a `(d,)` vector (a diagonal
 covariance) that must not depend on `x` (it is shared by all particles).
 
+The grid `ts` is an array of $K + 1$ times, or any pytree of arrays with a leading axis
+of length $K + 1$: per-step parameters such as an annealing schedule $\beta_k$ and step
+sizes $\varepsilon_k$ (`{"beta": beta, "eps": eps}`); the kernels then receive the
+pytree's entries at $k - 1$ and $k$ as `s` and `t`.
+
 The per-step terms are formed as one difference
 ($\tfrac12(|z_F|^2 - |z_B|^2) + \sum\log(\sigma_F/\sigma_B)$; the $2\pi$ terms cancel) and
 summed from zero with compensated (Kahan) summation, so rounding does not grow with $K$.
@@ -33,8 +38,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, ScalarLike
 
-Kernel = Callable[[ScalarLike, ScalarLike, Float[Array, " d"]], tuple[Float[Array, " d"], Array]]
-"""`kernel(s, t, x) -> (mean, std)`: a Gaussian kernel between grid times `s` and `t`."""
+Kernel = Callable[[PyTree, PyTree, Float[Array, " d"]], tuple[Float[Array, " d"], Array]]
+"""`kernel(s, t, x) -> (mean, std)`: a Gaussian kernel between grid points `s` and `t`
+(times, or the per-step entries of a pytree grid)."""
+
+Grid = Float[Array, " K+1"] | PyTree
+"""An array of $K + 1$ grid times, or a pytree of arrays with that leading axis."""
 
 StepStats = Callable[..., PyTree]
 """`stats(s, t, x, x_new, log_ratio) -> pytree`: statistics of one step, for all particles."""
@@ -125,6 +134,18 @@ def _run(step, carry, xs, remat: bool, reverse: bool = False):
     return jax.lax.scan(step, carry, xs, reverse=reverse)
 
 
+def _steps(ts: Grid, key: PRNGKeyArray) -> tuple[PyTree, PyTree, Array]:
+    """`(ts[:-1], ts[1:], keys)`: the scanned inputs of the K steps of the grid `ts`."""
+    lengths = {a.shape[0] for a in jax.tree.leaves(ts)}
+    if len(lengths) != 1 or min(lengths) < 2:
+        raise ValueError(
+            f"the grid must be an array of K + 1 >= 2 points, or a pytree of arrays with one "
+            f"leading length K + 1 >= 2; got leading lengths {sorted(lengths)}"
+        )
+    keys = jax.random.split(key, lengths.pop() - 1)
+    return jax.tree.map(lambda a: a[:-1], ts), jax.tree.map(lambda a: a[1:], ts), keys
+
+
 def _per_point(kernel: Kernel):
     return jax.vmap(kernel, in_axes=(None, None, 0), out_axes=(0, None))
 
@@ -132,7 +153,7 @@ def _per_point(kernel: Kernel):
 def simulate(
     key: PRNGKeyArray,
     x0: Float[Array, "n d"],
-    ts: Float[Array, " K+1"],
+    ts: Grid,
     forward: Kernel,
     backward: Kernel | None = None,
     *,
@@ -177,16 +198,15 @@ def simulate(
         out = None if stats is None else stats(s, t, x, x_new, increment)
         return (x_new, _kahan_add(total, increment)), out
 
-    keys = jax.random.split(key, ts.shape[0] - 1)
     zero = _constrain(jnp.zeros(x0.shape[0], x0.dtype), sharding)
-    (x, (log_ratio, _)), out = _run(step, (x0, (zero, zero)), (ts[:-1], ts[1:], keys), remat)
+    (x, (log_ratio, _)), out = _run(step, (x0, (zero, zero)), _steps(ts, key), remat)
     return Path(x, x0, log_ratio, out)
 
 
 def simulate_backward(
     key: PRNGKeyArray,
     x: Float[Array, "n d"],
-    ts: Float[Array, " K+1"],
+    ts: Grid,
     forward: Kernel,
     backward: Kernel,
     *,
@@ -214,10 +234,8 @@ def simulate_backward(
         out = None if stats is None else stats(s, t, x_prev, y, increment)
         return (x_prev, _kahan_add(total, increment)), out
 
-    keys = jax.random.split(key, ts.shape[0] - 1)
     zero = _constrain(jnp.zeros(x.shape[0], x.dtype), sharding)
-    inputs = (ts[:-1], ts[1:], keys)
-    (x0, (log_ratio, _)), out = _run(step, (x, (zero, zero)), inputs, remat, reverse=True)
+    (x0, (log_ratio, _)), out = _run(step, (x, (zero, zero)), _steps(ts, key), remat, reverse=True)
     return Path(x0, x, log_ratio, out)
 
 

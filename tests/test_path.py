@@ -185,3 +185,27 @@ def test_segments_chain_into_one_path():
     chained = first.log_ratio + second.log_ratio
     log_w = chained + jax.vmap(log_gamma)(second.x) - jax.vmap(log_nu)(x0)
     np.testing.assert_allclose(np.asarray(log_w), LOG_Z, atol=2e-4)
+
+
+def test_a_pytree_grid_hands_each_kernel_its_steps_entries():
+    """A grid of per-step parameters: the kernels get the entries at k - 1 and k, and the
+    paths are those of the plain grid they index (same keys, same numbers)."""
+    grid = {"time": TS, "half": TS / 2}
+
+    def on_entries(kernel):
+        def k(s, t, x):
+            assert s["half"].shape == t["time"].shape == ()
+            return kernel(s["half"] * 2, t["time"], x)
+
+        return k
+
+    x0, key = _start(jax.random.key(15), 16), jax.random.key(16)
+    plain = sdekit.simulate(key, x0, TS, exact_forward, backward)
+    tree = sdekit.simulate(key, x0, grid, on_entries(exact_forward), on_entries(backward))
+    np.testing.assert_array_equal(np.asarray(tree.x), np.asarray(plain.x))
+    np.testing.assert_array_equal(np.asarray(tree.log_ratio), np.asarray(plain.log_ratio))
+    back = sdekit.simulate_backward(key, x0, grid, on_entries(exact_forward), on_entries(backward))
+    ref = sdekit.simulate_backward(key, x0, TS, exact_forward, backward)
+    np.testing.assert_array_equal(np.asarray(back.log_ratio), np.asarray(ref.log_ratio))
+    with pytest.raises(ValueError, match=r"leading lengths \[12, 13\]"):
+        sdekit.simulate(key, x0, {"time": TS, "short": TS[1:]}, exact_forward, backward)
