@@ -21,7 +21,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import sdekit
 from sdekit_fokker_planck import Grid, SinePerturbedScore, girsanov_bound, model_densities_grid

@@ -139,8 +139,9 @@ def resolve_part(kind: str, spec: Spec, /, **parts: Any) -> Any:
     The one place where parts are parsed: `compose` and every factory that takes parts
     call it, so a factory works on its own (`pis(target="funnel")`). `parts` are the parts
     already built (`target`, `process`, …); those the factory takes are passed to it.
-    A target is checked with `check_target`; a score or controller, when a target is
-    among `parts`, with `check_dims`.
+    A target is checked with `check_target`, unless it is an object holding traced arrays
+    (a part built inside `jax.jit`, where values cannot be checked); a score or
+    controller, when a target is among `parts`, with `check_dims`.
 
     ```python
     process = sdekit.resolve_part("process", process)          # "vp", {...} or an object
@@ -155,11 +156,15 @@ def resolve_part(kind: str, spec: Spec, /, **parts: Any) -> Any:
     else:
         _check_object(kind, spec)
         obj = spec
-    if kind == "target":
+    if kind == "target" and not _holds_tracers(obj):
         check_target(obj)
     elif kind in ("score", "controller") and isinstance(parts.get("target"), AbstractTarget):
         check_dims(obj, parts["target"].dim, kind)
     return obj
+
+
+def _holds_tracers(obj: Any) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(obj))
 
 
 def compose(

@@ -36,7 +36,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree, ScalarLike
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 Kernel = Callable[[PyTree, PyTree, Float[Array, " d"]], tuple[Float[Array, " d"], Array]]
 """`kernel(s, t, x) -> (mean, std)`: a Gaussian kernel between grid points `s` and `t`

@@ -1,10 +1,7 @@
 """Option checks: a `ValueError` naming the option and the bad value (a `CompositionError` via `sdekit.create`)."""
 
 import math
-from typing import Any
 
-import sdekit
-from sdekit import AbstractTarget
 
 GRADIENTS = ("autodiff", "stein")
 
@@ -44,10 +41,3 @@ def check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     return seed
-
-
-def resolve_target(spec: Any) -> AbstractTarget:
-    """The target `spec` describes (`sdekit.resolve_part`). A target object is taken as
-    given: it may hold traced arrays (a sampler built inside `jax.jit`), where the value
-    checks of `sdekit.check_target` cannot run; `sdekit.compose` checks it."""
-    return spec if isinstance(spec, AbstractTarget) else sdekit.resolve_part("target", spec)

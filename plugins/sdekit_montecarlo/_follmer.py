@@ -16,7 +16,7 @@ from sdekit import (
     time_grid,
 )
 
-from ._checks import check_draws, check_gradient, check_seed, resolve_target
+from ._checks import check_draws, check_gradient, check_seed
 from ._snis import draws_key, snis
 
 Spec = str | dict[str, Any] | Any
@@ -104,7 +104,7 @@ class FollmerDrift(AbstractScore):
         self.draws, self.chunk = check_draws(draws, chunk)
         if not isinstance(common_draws, bool):
             raise ValueError(f"common_draws must be True or False, got {common_draws!r}")
-        self.target = resolve_target(target)
+        self.target = sdekit.resolve_part("target", target)
         self.process = _pinned(process, "score 'follmer'")
         self.key = jax.random.key(check_seed(seed))
         self.gradient, self.common_draws = check_gradient(gradient), common_draws

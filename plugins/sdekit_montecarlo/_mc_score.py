@@ -6,7 +6,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar, ScalarLike
 import sdekit
 from sdekit import AbstractProcess, AbstractScore, AbstractTarget
 
-from ._checks import check_draws, check_gradient, check_positive, check_seed, resolve_target
+from ._checks import check_draws, check_gradient, check_positive, check_seed
 from ._snis import draws_key, snis
 
 
@@ -92,7 +92,7 @@ class MonteCarloScore(AbstractScore):
         seed: int = 0,
         proposal_std: float | str | None = "prior",
     ):
-        target = resolve_target(target)
+        target = sdekit.resolve_part("target", target)
         process = sdekit.resolve_part("process", process)
         draws, chunk = check_draws(draws, chunk)
         if not isinstance(common_draws, bool):

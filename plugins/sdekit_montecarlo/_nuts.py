@@ -4,9 +4,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 from numpyro.infer.hmc import hmc
 
+import sdekit
 from sdekit import AbstractSampler, AbstractTarget, Samples
 
-from ._checks import check_int, check_positive, resolve_target
+from ._checks import check_int, check_positive
 
 
 class NUTS(AbstractSampler):
@@ -54,7 +55,7 @@ class NUTS(AbstractSampler):
         max_tree_depth: int = 10,
         thinning: int = 1,
     ):
-        target = resolve_target(target)
+        target = sdekit.resolve_part("target", target)
         check_int(0, num_warmup=num_warmup)
         check_int(1, chains=chains, max_tree_depth=max_tree_depth, thinning=thinning)
         check_positive(init_scale=init_scale)

@@ -8,9 +8,10 @@ from blackjax.smc import resampling
 from blackjax.smc import tempered as bj_tempered
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
+import sdekit
 from sdekit import AbstractSampler, AbstractTarget, Samples, gaussian_log_prob
 
-from ._checks import check_int, check_positive, resolve_target
+from ._checks import check_int, check_positive
 
 
 class SMC(AbstractSampler):
@@ -66,7 +67,7 @@ class SMC(AbstractSampler):
         target_accept: float = 0.65,
         schedule_power: float = 4.0,
     ):
-        target = resolve_target(target)
+        target = sdekit.resolve_part("target", target)
         check_int(1, steps=steps, mcmc_steps=mcmc_steps, leapfrog=leapfrog)
         check_positive(sigma=sigma, step_size=step_size, schedule_power=schedule_power)
         if not (isinstance(target_accept, float) and 0 < target_accept < 1):

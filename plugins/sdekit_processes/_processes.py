@@ -2,7 +2,7 @@ import math
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Scalar, ScalarLike
+from jaxtyping import Scalar, ScalarLike
 
 from sdekit import AbstractProcess
 

@@ -22,7 +22,7 @@ from sdekit import (
     time_grid,
 )
 
-from ._parts import Spec, resolve_target
+from ._parts import Spec
 
 LOSSES = ("kl", "log-variance")
 INTEGRATORS = ("euler", "exponential")
@@ -113,7 +113,7 @@ class ControlledSDE(AbstractPathSampler, AbstractTrainable):
         train_steps: int | None = None,
     ):
         _check_training(loss, exploration, batch, remat, devices, train_steps)
-        self.target = resolve_target(target)
+        self.target = sdekit.resolve_part("target", target)
         self.process = sdekit.resolve_part("process", process)
         self.controller = sdekit.resolve_part(
             "controller", controller, target=self.target, process=self.process

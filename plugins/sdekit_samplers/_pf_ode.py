@@ -9,7 +9,7 @@ from sdekit import AbstractDiffusionSampler, AbstractProcess, AbstractScore, Abs
 
 from sdekit.fokker_planck import DIVERGENCES, value_and_divergence
 
-from ._parts import Spec, resolve_target
+from ._parts import Spec
 
 _ADAPTIVE = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8}
 _FIXED = {"euler": diffrax.Euler, "heun": diffrax.Heun}
@@ -70,7 +70,7 @@ class PFODE(AbstractDiffusionSampler):
             raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
         if isinstance(steps, bool) or not (isinstance(steps, int) and steps >= 1):
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        self.target = None if target is None else resolve_target(target)
+        self.target = None if target is None else sdekit.resolve_part("target", target)
         self.process = sdekit.resolve_part("process", process)
         parts = {"process": self.process} | ({} if target is None else {"target": self.target})
         self.score = sdekit.resolve_part("score", score, **parts)

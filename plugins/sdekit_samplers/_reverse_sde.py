@@ -15,7 +15,7 @@ from sdekit import (
     time_grid,
 )
 
-from ._parts import Spec, resolve_target
+from ._parts import Spec
 
 #: diffrax solvers for additive noise; "euler" is sdekit's own exact-kernel scan.
 _DIFFRAX_SOLVERS = {
@@ -62,7 +62,7 @@ class ReverseSDE(AbstractDiffusionSampler):
     ):
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-        self.target = None if target is None else resolve_target(target)
+        self.target = None if target is None else sdekit.resolve_part("target", target)
         self.process = sdekit.resolve_part("process", process)
         parts = {"process": self.process} | ({} if target is None else {"target": self.target})
         self.score = sdekit.resolve_part("score", score, **parts)
