@@ -54,11 +54,13 @@ class AbstractProcess(eqx.Module):
         return gaussian_log_prob(x, 0.0, self.reference_std(self.t_max))
 
 
-def gaussian_log_prob(x: Array, mean: ArrayLike, std: ScalarLike) -> Scalar:
-    r"""$\log \mathcal N(x; \text{mean}, \text{std}^2 I)$ summed over the last axis."""
+def gaussian_log_prob(x: Array, mean: ArrayLike, std: ArrayLike) -> Scalar:
+    r"""$\log \mathcal N(x; \text{mean}, \mathrm{diag}(\text{std})^2)$ summed over the last
+    axis; `std` is a scalar or one std per coordinate."""
     z = (x - mean) / std
     d = x.shape[-1]
-    return -0.5 * jnp.sum(z**2, axis=-1) - d * jnp.log(std) - 0.5 * d * jnp.log(2 * jnp.pi)
+    log_det = jnp.sum(jnp.broadcast_to(jnp.log(std), (d,)))
+    return -0.5 * jnp.sum(z**2, axis=-1) - log_det - 0.5 * d * jnp.log(2 * jnp.pi)
 
 
 SPACINGS = ("uniform", "quadratic", "quadratic-prior", "cosine")

@@ -206,6 +206,8 @@ SAMPLERS = [
     ({"name": "follmer", "steps": 16, "draws": 64, "chunk": 64}, 500),
     ({"name": "smc", "steps": 10}, 100),
     ({"name": "nuts", "num_warmup": 50, "chains": 2}, 200),
+    ({"name": "cmcd", "steps": 16}, 1000),
+    ({"name": "scld", "steps": 16}, 1000),
 ]
 
 

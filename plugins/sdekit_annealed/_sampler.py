@@ -1,0 +1,266 @@
+import inspect
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from blackjax.smc import resampling
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
+
+import sdekit
+from sdekit import (
+    AbstractController,
+    AbstractPathSampler,
+    AbstractTrainable,
+    Samples,
+    TrainOptions,
+    float_arrays_outside_targets,
+)
+
+from ._path import AnnealedPath, langevin_kernels
+
+LOSSES = ("kl", "log-variance")
+Spec = str | dict[str, Any] | Any
+"""A part: a registered name, a `{"name": ..., **options}` dict, or an object."""
+
+
+def _log_mean_exp(log_w: Float[Array, " n"]) -> Scalar:
+    return jax.nn.logsumexp(log_w) - math.log(log_w.shape[0])
+
+
+def ess(log_w: Float[Array, " n"]) -> Scalar:
+    r"""$(\sum w)^2 / (N \sum w^2)$, in $(0, 1]$."""
+    return jnp.exp(2 * jax.nn.logsumexp(log_w) - jax.nn.logsumexp(2 * log_w)) / log_w.shape[0]
+
+
+class Segments(eqx.Module):
+    """What each segment of a run leaves, stacked over the `S` segments.
+
+    **Fields:**
+
+    - `log_G`: `(S, n)` the segment's incremental log-weights.
+    - `log_W`: `(S, n)` the normalised log-weights of the particles entering the segment.
+    - `ess`: `(S,)` the ESS after the segment's reweighting (before any resampling).
+    - `resampled`: `(S,)` whether the particles were resampled after the segment.
+    """
+
+    log_G: Float[Array, "S n"]
+    log_W: Float[Array, "S n"]
+    ess: Float[Array, " S"]
+    resampled: Array
+
+
+class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
+    r"""Controlled Langevin diffusion along an annealed path, in segments with resampling.
+
+    The path $\pi_k \propto \nu^{1-\beta_k}\gamma^{\beta_k}$, $k = 0..K$, goes from the
+    Gaussian prior $\nu$ to the target $\gamma$ (`AnnealedPath`); each step is the
+    controlled Langevin kernel $F_k$, scored against the backward kernel $B_k$ with the
+    control's sign flipped (`langevin_kernels`), simulated by `sdekit.simulate`. The $K$
+    steps are cut into `segments` $S$ of equal length. Over segment $s$, from step $a$ to
+    step $b$, each particle's weight is multiplied by
+
+    $$G_s = \frac{\pi_b(x_b)}{\pi_a(x_a)}\prod_{k=a+1}^{b}\frac{B_k(x_{k-1}\mid x_k)}{F_k(x_k\mid x_{k-1})},$$
+
+    after which, if the weights' ESS is below `resample_threshold` (and it is not the last
+    segment), the particles are resampled (systematic) and their weights equalised. The
+    returned log-weights keep $\log\hat Z = \log\frac1N\sum_i w_i$ equal to the SMC
+    estimate $\sum_s \log\sum_i \bar W_i^{(s-1)} G_s^i$ ($\bar W$ the normalised weights
+    entering segment $s$), unbiased for $Z$; weighted averages over the returned samples
+    are consistent. With $S = 1$ this is CMCD: $\log w = \log\gamma(x_K) - \log\nu(x_0) +
+    \sum_k \log B_k - \log F_k$, exact for any $K$.
+
+    Losses (`sdekit.train`): `"kl"`, $-\sum_s \sum_i \bar W_i^{(s-1)} \log G_s^i$ with
+    reparameterised paths inside each segment (no gradient through the resampling or
+    across segment boundaries; for $S = 1$ the reverse KL $-\mathbb E\log w$);
+    `"log-variance"`, the mean over segments of $\mathrm{Var}_i \log G_s^i$ on paths
+    detached from the parameters, zero exactly when every segment's forward and backward
+    path laws agree.
+    """
+
+    path: AnnealedPath
+    controller: AbstractController
+    train_options: TrainOptions
+    segments: int = eqx.field(static=True)
+    resample_threshold: float = eqx.field(static=True)
+    loss_name: str = eqx.field(static=True)
+    batch: int = eqx.field(static=True)
+    learned: tuple[str, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        target: Spec,
+        controller: Spec = "mlp",
+        steps: int = 128,
+        segments: int = 1,
+        resample_threshold: float = 0.3,
+        prior_scale: float = 1.0,
+        step_size: float = 0.01,
+        score_clip: float | None = None,
+        loss: str = "kl",
+        batch: int = 256,
+        train_iters: int = 2000,
+        learning_rate: float = 1e-3,
+        grad_clip: float = 1.0,
+        learn_schedule: bool = True,
+        learn_step_size: bool = True,
+        learn_prior: bool = True,
+    ):
+        _check_options(steps, segments, resample_threshold, prior_scale, step_size,
+                       score_clip, loss, batch)
+        target = sdekit.resolve_part("target", target)
+        self.path = AnnealedPath(target, steps, prior_scale, step_size, score_clip)
+        self.controller = sdekit.resolve_part("controller", controller, target=target)
+        self.train_options = TrainOptions(
+            steps=train_iters, learning_rate=learning_rate, grad_clip=grad_clip or None
+        )
+        self.segments, self.resample_threshold = segments, float(resample_threshold)
+        self.loss_name, self.batch = loss, batch
+        flags = {"schedule": learn_schedule, "step_size": learn_step_size, "prior": learn_prior}
+        self.learned = ("control", *(name for name, on in flags.items() if on))
+
+    @property
+    def target(self):
+        return self.path.target
+
+    def trainable(self) -> PyTree[bool]:
+        """The controller and, as `learn_*` says, the schedule, step sizes and prior."""
+        spec = jax.tree.map(lambda _: False, self)
+        spec = eqx.tree_at(lambda s: s.controller, spec, float_arrays_outside_targets(self.controller))
+        fields = {"schedule": ("schedule",), "step_size": ("raw_step",), "prior": ("mean", "log_scale")}
+        for name in self.learned[1:]:
+            for field in fields[name]:
+                spec = eqx.tree_at(lambda s: getattr(s.path, field), spec, True)
+        return spec
+
+    def _segment_grids(self) -> dict[str, Array]:
+        """The grid cut into `segments` overlapping pieces: leaves of shape `(S, K/S + 1)`."""
+        length = self.path.steps // self.segments
+        index = jnp.arange(self.segments)[:, None] * length + jnp.arange(length + 1)[None, :]
+        return jax.tree.map(lambda a: a[index], self.path.grid())
+
+    def run(self, key: PRNGKeyArray, n: int, *, detach: bool = False
+            ) -> tuple[Float[Array, "n d"], Float[Array, " n"], Segments]:
+        """`n` particles through all segments: their states, log-weights (whose log-mean-exp
+        is $\\log\\hat Z$) and the per-segment `Segments`. `detach`: paths without gradients."""
+        forward, backward = langevin_kernels(self.path, self.controller)
+        log_pi = jax.vmap(self.path.log_prob, in_axes=(None, 0))
+        k_prior, k_segments = jax.random.split(key)
+        x0 = self.path.prior_sample(k_prior, n)
+        x0 = jax.lax.stop_gradient(x0) if detach else x0
+        last = jnp.arange(self.segments) == self.segments - 1
+
+        def segment(carry, inputs):
+            x, log_w = carry
+            grid, k, is_last = inputs
+            k_sim, k_res = jax.random.split(k)
+            p = sdekit.simulate(k_sim, x, grid, forward, backward, detach=detach)
+            log_G = p.log_ratio + log_pi(grid["beta"][-1], p.x) - log_pi(grid["beta"][0], x)
+            new_log_w = log_w + log_G
+            resample = ~is_last & (ess(new_log_w) < self.resample_threshold)
+            ancestors = resampling.systematic(k_res, jax.nn.softmax(new_log_w), n)
+            x_next = jnp.where(resample, p.x[ancestors], p.x)
+            log_w_next = jnp.where(resample, _log_mean_exp(new_log_w), new_log_w)
+            out = Segments(log_G, jax.nn.log_softmax(log_w), ess(new_log_w), resample)
+            return (jax.lax.stop_gradient(x_next), log_w_next), out
+
+        keys = jax.random.split(k_segments, self.segments)
+        log_w0 = jnp.zeros(n, x0.dtype)
+        (x, log_w), segments = jax.lax.scan(
+            segment, (x0, log_w0), (self._segment_grids(), keys, last)
+        )
+        return x, log_w, segments
+
+    @eqx.filter_jit
+    def sample(self, key: PRNGKeyArray, n: int) -> Samples:
+        x, log_w, _ = self.run(key, n)
+        return Samples(x, log_w)
+
+    def target_evaluations(self, n: int) -> int:
+        """Evaluations of $\\log\\gamma$ or its gradient: two gradients a step (the forward
+        kernel at $x_{k-1}$, the backward at $x_k$) and two values a segment."""
+        return n * (2 * self.path.steps + 2 * self.segments)
+
+    def sample_with_stats(self, key: PRNGKeyArray, n: int) -> tuple[Samples, dict[str, Any]]:
+        x, log_w, segments = eqx.filter_jit(self.run)(key, n)
+        stats = {
+            "target_evaluations": self.target_evaluations(n),
+            "min_ess": float(jnp.min(segments.ess)),
+            "resamplings": int(jnp.sum(segments.resampled)),
+        }
+        return Samples(x, log_w), stats
+
+    @eqx.filter_jit
+    def backward_log_weights(self, key: PRNGKeyArray, x: Float[Array, "n d"]) -> Float[Array, " n"]:
+        r"""Log-weights of paths started at target samples `x` and run back through all $K$
+        backward kernels, without resampling; their mean is the EUBO of the proposal's
+        path law (with $S = 1$, of the sampler itself)."""
+        forward, backward = langevin_kernels(self.path, self.controller)
+        p = sdekit.simulate_backward(key, x, self.path.grid(), forward, backward)
+        return sdekit.backward_log_weights(p, self.target.log_prob, self.path.prior_log_prob)
+
+    def loss(self, key: PRNGKeyArray) -> tuple[Scalar, dict[str, Scalar]]:
+        kl = self.loss_name == "kl"
+        _, log_w, seg = self.run(key, self.batch, detach=not kl)
+        weighted = jnp.sum(jnp.exp(jax.lax.stop_gradient(seg.log_W)) * seg.log_G)
+        loss = -weighted if kl else jnp.mean(jnp.var(seg.log_G, axis=1))
+        stats = {"elbo": jax.lax.stop_gradient(weighted), "log_Z": jax.lax.stop_gradient(_log_mean_exp(log_w))}
+        return loss, stats
+
+
+def _check_options(steps, segments, resample_threshold, prior_scale, step_size, score_clip,
+                   loss, batch) -> None:
+    """`ValueError` naming the first bad option."""
+    for name, value, least in (("steps", steps, 1), ("segments", segments, 1), ("batch", batch, 2)):
+        if isinstance(value, bool) or not (isinstance(value, int) and value >= least):
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    if steps % segments:
+        raise ValueError(f"segments ({segments}) must divide steps ({steps})")
+    for name, value in (("prior_scale", prior_scale), ("step_size", step_size)):
+        if isinstance(value, (bool, str)) or not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if score_clip is not None and (isinstance(score_clip, (bool, str)) or not score_clip > 0):
+        raise ValueError(f"score_clip must be None (off) or a positive number, got {score_clip!r}")
+    if isinstance(resample_threshold, (bool, str)) or not 0 <= resample_threshold <= 1:
+        raise ValueError(f"resample_threshold must be a number in [0, 1], got {resample_threshold!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+_OPTIONS = inspect.signature(AnnealedSampler).parameters
+
+
+def _factory(name: str, summary: str, **defaults: Any):
+    """`AnnealedSampler` with its own defaults; its signature is what `sdekit show` prints."""
+
+    def factory(target: Spec, **options: Any) -> AnnealedSampler:
+        return AnnealedSampler(target, **{**defaults, **options})
+
+    params = [p.replace(default=defaults.get(k, p.default)) for k, p in _OPTIONS.items()]
+    factory.__signature__ = inspect.Signature(params, return_annotation=AnnealedSampler)
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"""{summary}
+
+    The path: `steps` $K$ Langevin steps from the prior $\\mathcal N(0, \\text{{prior\\_scale}}^2 I)$
+    to the target, step sizes starting at `step_size` and decaying (cosine) to 1 % of it;
+    `score_clip` clips $\\nabla\\log\\gamma$ in the drift (`None`: off). `segments` $S$ (must
+    divide $K$) with resampling when the ESS falls below `resample_threshold`. Training
+    (`sdekit.train`): `loss` (`"kl"` or `"log-variance"`), `batch` paths a step,
+    `train_iters` Adam steps at peak `learning_rate` (cosine decay), gradient norm clipped to
+    `grad_clip` (0: none); the control always learns, and `learn_schedule`,
+    `learn_step_size`, `learn_prior` say whether $\\beta_k$, $\\varepsilon_k$ and the prior's
+    mean and scale do."""
+    return factory
+
+
+cmcd = _factory(
+    "cmcd",
+    "Controlled Monte Carlo diffusion: a learned control along the annealed path, exact weights.",
+)
+scld = _factory(
+    "scld",
+    "Sequential controlled Langevin diffusion: CMCD in segments with resampling between them.",
+    segments=4,
+    loss="log-variance",
+)

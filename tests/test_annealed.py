@@ -1,0 +1,152 @@
+r"""The annealed samplers (`cmcd`, `scld`) against exact Gaussian answers.
+
+Prior $\mathcal N(0, I)$ and target $\gamma = Z\,\mathcal N(m, \mathrm{diag}(s)^2)$: every
+density of the geometric path is Gaussian, $\pi_\beta = \mathcal N(m_\beta, v_\beta)$, and the
+control that moves $\pi_{k-1}$ onto $\pi_k$ in one step is known, so the weights must
+become constant as $K$ grows; with any control, $\hat Z$ is unbiased.
+"""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jaxtyping import Array
+from sdekit_annealed import AnnealedSampler
+
+import sdekit
+
+M, S, LOG_Z = jnp.array([1.0, -0.5]), jnp.array([0.5, 2.0]), 0.7
+
+
+class Gaussian(sdekit.AbstractTarget):
+    dim: int = eqx.field(static=True, default=2)
+
+    def log_prob(self, x):
+        return LOG_Z + sdekit.gaussian_log_prob(x, M, S)
+
+
+def _moments(beta):
+    precision = 1 - beta + beta / S**2
+    return beta * M / S**2 / precision, 1 / precision
+
+
+class Transport(sdekit.AbstractController):
+    """$u_k(x) = [T_k(x) - x] / \\varepsilon_k$, $T_k$ the affine map of $\\pi_{k-1}$ onto $\\pi_k$."""
+
+    K: int = eqx.field(static=True)
+    steps: Array
+
+    def __call__(self, t, x):
+        k = jnp.round(t * self.K).astype(int)
+        (m1, v1), (m0, v0) = _moments(k / self.K), _moments((k - 1) / self.K)
+        move = m1 - m0 + (jnp.sqrt(v1 / v0) - 1) * (x - m0)
+        return move / self.steps[jnp.clip(k - 1, 0, self.K - 1)]
+
+
+def _with_transport(K: int, **options) -> AnnealedSampler:
+    sampler = AnnealedSampler(Gaussian(), steps=K, **options)
+    return eqx.tree_at(lambda s: s.controller, sampler, Transport(K, sampler.path.step_sizes()))
+
+
+def _ess(log_w):
+    return float(jnp.exp(2 * jax.nn.logsumexp(log_w) - jax.nn.logsumexp(2 * log_w)) / log_w.size)
+
+
+def test_the_transport_control_makes_the_weights_constant_as_K_grows():
+    n, results = 20_000, []
+    for K in (16, 64, 256):
+        log_w = _with_transport(K).sample(jax.random.key(K), n).log_weights
+        results.append((_ess(log_w), float(sdekit.log_Z_estimate(log_w))))
+    ess = [e for e, _ in results]
+    assert ess[0] < ess[1] < ess[2] and ess[2] > 0.98, ess
+    for e, log_Z in results:
+        # delta-method standard error of log Z-hat from the relative variance of the weights
+        se = math.sqrt((1 / e - 1) / n)
+        assert abs(log_Z - LOG_Z) < 5 * se + 1e-3, (log_Z, se)
+
+
+def test_without_control_the_weights_are_poor_but_exact():
+    """Zero control (unadjusted Langevin AIS): low ESS, yet log Z-hat unbiased."""
+    n = 20_000
+    log_w = AnnealedSampler(Gaussian(), steps=32).sample(jax.random.key(1), n).log_weights
+    e = _ess(log_w)
+    assert e < 0.5
+    assert abs(float(sdekit.log_Z_estimate(log_w)) - LOG_Z) < 5 * math.sqrt((1 / e - 1) / n)
+
+
+def test_scld_estimate_of_Z_is_unbiased():
+    """The mean of Z-hat over independent runs of few particles, with resampling at every
+    segment, is Z within its standard error (log Z-hat itself is biased low at small n)."""
+    sampler = AnnealedSampler(Gaussian(), steps=16, segments=4, resample_threshold=1.0)
+    estimate = jax.jit(jax.vmap(lambda k: sdekit.log_Z_estimate(sampler.run(k, 16)[1])))
+    log_Z = estimate(jax.random.split(jax.random.key(2), 4000))
+    ratio = np.exp(np.asarray(log_Z) - LOG_Z)
+    se = ratio.std() / math.sqrt(ratio.size)
+    assert abs(ratio.mean() - 1) < 4 * se, (ratio.mean(), se)
+    assert np.mean(np.asarray(log_Z)) < LOG_Z  # Jensen: the log is biased low
+
+
+def test_resampled_weighted_samples_estimate_the_targets_moments():
+    # a prior wider than the target, so that the weights have finite variance
+    sampler = AnnealedSampler(Gaussian(), steps=32, segments=8, resample_threshold=0.9,
+                              prior_scale=3.0)
+    (x, log_w, seg), n = eqx.filter_jit(sampler.run)(jax.random.key(3), 40_000), 40_000
+    assert int(seg.resampled.sum()) >= 3  # resampling did happen
+    w = np.asarray(jax.nn.softmax(log_w))
+    mean = w @ np.asarray(x)
+    var = w @ (np.asarray(x) - mean) ** 2
+    n_eff = _ess(log_w) * n
+    np.testing.assert_array_less(np.abs(mean - M), 5 * np.asarray(S) / math.sqrt(n_eff))
+    np.testing.assert_array_less(np.abs(var / S**2 - 1), 5 * math.sqrt(2 / n_eff))
+
+
+@pytest.mark.parametrize("loss, segments", [("kl", 1), ("log-variance", 1), ("log-variance", 4)])
+def test_training_raises_the_elbo(loss, segments):
+    sampler = AnnealedSampler(Gaussian(), steps=16, segments=segments, loss=loss, batch=128,
+                              train_iters=150, learning_rate=3e-3)
+    trained, history = sdekit.train(sampler, jax.random.key(4), progress=False)
+    key, n = jax.random.key(5), 4000
+    before = float(jnp.mean(sampler.run(key, n)[2].log_G.sum(0)))
+    after = float(jnp.mean(trained.run(key, n)[2].log_G.sum(0)))
+    assert after > before + 0.1, (before, after)
+    assert after < LOG_Z + 0.05  # an ELBO (for one segment, exactly a lower bound)
+    assert np.all(np.isfinite(history["loss"]))
+
+
+def test_only_the_declared_parameters_learn():
+    sampler = AnnealedSampler(Gaussian(), steps=8, batch=16, train_iters=3,
+                              learn_schedule=False, learn_prior=False)
+    trained, _ = sdekit.train(sampler, jax.random.key(6), progress=False)
+    np.testing.assert_array_equal(trained.path.schedule, sampler.path.schedule)
+    np.testing.assert_array_equal(trained.path.mean, sampler.path.mean)
+    assert not np.array_equal(trained.path.raw_step, sampler.path.raw_step)
+
+
+def test_the_schedule_is_monotone_from_0_to_1_for_any_parameters():
+    sampler = AnnealedSampler(Gaussian(), steps=12)
+    path = eqx.tree_at(lambda p: p.schedule, sampler.path, jax.random.normal(jax.random.key(7), (12,)) * 5)
+    beta = np.asarray(path.betas())
+    assert beta[0] == 0 and beta[-1] == pytest.approx(1) and np.all(np.diff(beta) > 0)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("segments", 5, r"segments \(5\) must divide steps \(16\)"),
+    ("steps", 0, "steps must be an integer >= 1, got 0"),
+    ("resample_threshold", 1.5, r"resample_threshold must be a number in \[0, 1\], got 1.5"),
+    ("step_size", -0.1, "step_size must be a positive number, got -0.1"),
+    ("score_clip", 0, "score_clip must be None"),
+    ("loss", "elbo", "loss must be one of"),
+])
+def test_bad_options_are_named(option, value, message):
+    options = {"steps": 16, option: value}
+    with pytest.raises(sdekit.CompositionError, match=message):
+        sdekit.create("sampler", "scld", target="gaussian", **options)
+
+
+def test_factories_work_from_a_target_alone_and_on_the_funnel():
+    sampler = sdekit.create("sampler", "cmcd", target="funnel", steps=8)
+    out = sampler.sample(jax.random.key(8), 64)
+    assert out.x.shape == (64, 10) and np.all(np.isfinite(np.asarray(out.log_weights)))
