@@ -17,7 +17,10 @@ A kernel is a function `kernel(s, t, x) -> (mean, std)` for **one** point `x` of
 `(d,)` (the simulator `vmap`s it), between grid times `s = t_{k-1}` and `t = t_k`: the
 forward kernel gives the law of $x_k$ given $x_{k-1} = $ `x`, the backward kernel that of
 $x_{k-1}$ given $x_k = $ `x`. `std` is a scalar or a `(d,)` vector (a diagonal
-covariance) that must not depend on `x` (it is shared by all particles).
+covariance) that must not depend on `x` (it is shared by all particles). Kernels that
+share work at a state (both Langevin kernels need $\nabla\log\gamma(x_k)$) take it as a
+fourth argument, `kernel(s, t, x, p)`, from a `point(t, x)` function that `simulate`
+evaluates once per state.
 
 The grid `ts` is an array of $K + 1$ times, or any pytree of arrays with a leading axis
 of length $K + 1$: per-step parameters such as an annealing schedule $\beta_k$ and step
@@ -44,6 +47,9 @@ Kernel = Callable[[PyTree, PyTree, Float[Array, " d"]], tuple[Float[Array, " d"]
 
 Grid = Float[Array, " K+1"] | PyTree
 """An array of $K + 1$ grid times, or a pytree of arrays with that leading axis."""
+
+PointFn = Callable[[PyTree, Float[Array, " d"]], PyTree]
+"""`point(t, x) -> pytree`: what the kernels need of one state, computed once per state."""
 
 StepStats = Callable[..., PyTree]
 """`stats(s, t, x, x_new, log_ratio) -> pytree`: statistics of one step, for all particles."""
@@ -146,8 +152,24 @@ def _steps(ts: Grid, key: PRNGKeyArray) -> tuple[PyTree, PyTree, Array]:
     return jax.tree.map(lambda a: a[:-1], ts), jax.tree.map(lambda a: a[1:], ts), keys
 
 
-def _per_point(kernel: Kernel):
-    return jax.vmap(kernel, in_axes=(None, None, 0), out_axes=(0, None))
+def _vectorised(forward: Kernel, backward: Kernel | None, point: PointFn | None):
+    """The kernels and the point function, each `vmap`ped over the particles; without a
+    point function, kernels of `(s, t, x)` are called with a point value `None`."""
+    if point is None:
+        point = lambda t, x: None  # noqa: E731
+        forward = _ignoring_points(forward)
+        backward = None if backward is None else _ignoring_points(backward)
+    per_point = lambda k: jax.vmap(k, in_axes=(None, None, 0, 0), out_axes=(0, None))  # noqa: E731
+    return (per_point(forward), None if backward is None else per_point(backward),
+            jax.vmap(point, in_axes=(None, 0)))
+
+
+def _ignoring_points(kernel: Kernel):
+    return lambda s, t, x, p: kernel(s, t, x)
+
+
+def _entry(ts: Grid, k: int) -> PyTree:
+    return jax.tree.map(lambda a: a[k], ts)
 
 
 def simulate(
@@ -157,6 +179,7 @@ def simulate(
     forward: Kernel,
     backward: Kernel | None = None,
     *,
+    point: PointFn | None = None,
     noise: float = 1.0,
     detach: bool = False,
     remat: bool = False,
@@ -171,6 +194,10 @@ def simulate(
     with `noise > 1` the paths explore more widely while the log-ratio still uses $F_k$
     (for losses, such as the log-variance, that are zero at the optimum under any law).
 
+    - `point(t, x)`: what both kernels need of a state (a target gradient, a network's
+      output), evaluated once per state at the state's own grid entry, and passed to the
+      kernels as a fourth argument: the forward kernel of step $k$ gets that of $x_{k-1}$,
+      the backward kernel that of $x_k$ (which the next forward kernel reuses).
     - `detach`: stop gradients through each new state (off-policy training).
     - `remat`: rematerialise the steps in the backward pass, memory $O(\sqrt K)$.
     - `stats(s, t, x, x_new, log_ratio_k)`: per-step statistics, returned stacked in
@@ -179,27 +206,28 @@ def simulate(
 
     The random numbers depend only on `key` and the shapes, not on `remat` or `sharding`.
     """
-    fwd = _per_point(forward)
-    bwd = None if backward is None else _per_point(backward)
+    fwd, bwd, at = _vectorised(forward, backward, point)
     x0 = _constrain(x0, sharding)
 
     def step(carry, inputs):
-        x, total = carry
+        x, p, total = carry
         s, t, k = inputs
-        mean, std = fwd(s, t, x)
+        mean, std = fwd(s, t, x, p)
         x_new = mean + (noise * std) * jax.random.normal(k, x.shape, x.dtype)
         if detach:
             x_new = jax.lax.stop_gradient(x_new)
+        p_new = at(t, x_new)
         if bwd is None:
             increment = jnp.zeros(x.shape[0], x.dtype)
         else:
-            mean_b, std_b = bwd(s, t, x_new)
+            mean_b, std_b = bwd(s, t, x_new, p_new)
             increment = gaussian_log_ratio(x, mean_b, std_b, x_new, mean, std)
         out = None if stats is None else stats(s, t, x, x_new, increment)
-        return (x_new, _kahan_add(total, increment)), out
+        return (x_new, p_new, _kahan_add(total, increment)), out
 
     zero = _constrain(jnp.zeros(x0.shape[0], x0.dtype), sharding)
-    (x, (log_ratio, _)), out = _run(step, (x0, (zero, zero)), _steps(ts, key), remat)
+    inputs = _steps(ts, key)
+    (x, _, (log_ratio, _)), out = _run(step, (x0, at(_entry(ts, 0), x0), (zero, zero)), inputs, remat)
     return Path(x, x0, log_ratio, out)
 
 
@@ -210,6 +238,7 @@ def simulate_backward(
     forward: Kernel,
     backward: Kernel,
     *,
+    point: PointFn | None = None,
     remat: bool = False,
     stats: StepStats | None = None,
     sharding: jax.sharding.Sharding | None = None,
@@ -221,21 +250,24 @@ def simulate_backward(
     `backward_log_weights(path, log_gamma, log_nu)` gives the log-weights, whose mean over
     $x \sim \pi$ is the EUBO. `stats` are stacked in grid order.
     """
-    fwd, bwd = _per_point(forward), _per_point(backward)
+    fwd, bwd, at = _vectorised(forward, backward, point)
     x = _constrain(x, sharding)
 
     def step(carry, inputs):
-        y, total = carry
+        y, p, total = carry
         s, t, k = inputs
-        mean_b, std_b = bwd(s, t, y)
+        mean_b, std_b = bwd(s, t, y, p)
         x_prev = mean_b + std_b * jax.random.normal(k, y.shape, y.dtype)
-        mean, std = fwd(s, t, x_prev)
+        p_prev = at(s, x_prev)
+        mean, std = fwd(s, t, x_prev, p_prev)
         increment = gaussian_log_ratio(x_prev, mean_b, std_b, y, mean, std)
         out = None if stats is None else stats(s, t, x_prev, y, increment)
-        return (x_prev, _kahan_add(total, increment)), out
+        return (x_prev, p_prev, _kahan_add(total, increment)), out
 
     zero = _constrain(jnp.zeros(x.shape[0], x.dtype), sharding)
-    (x0, (log_ratio, _)), out = _run(step, (x, (zero, zero)), _steps(ts, key), remat, reverse=True)
+    inputs = _steps(ts, key)
+    end = at(_entry(ts, -1), x)
+    (x0, _, (log_ratio, _)), out = _run(step, (x, end, (zero, zero)), inputs, remat, reverse=True)
     return Path(x0, x, log_ratio, out)
 
 

@@ -34,20 +34,24 @@ def _moments(beta):
 
 
 class Transport(sdekit.AbstractController):
-    """$u_k(x) = [T_k(x) - x] / \\varepsilon_k$, $T_k$ the affine map of $\\pi_{k-1}$ onto $\\pi_k$."""
+    """$u_j(x) = [T_j(x) - x] / \\varepsilon_{j+1}$, $T_j$ the affine map of $\\pi_j$ onto
+    $\\pi_{j+1}$: the forward kernel of step $k$ uses $u_{k-1}$ at $x_{k-1}$."""
 
     K: int = eqx.field(static=True)
     steps: Array
 
     def __call__(self, t, x):
-        k = jnp.round(t * self.K).astype(int)
-        (m1, v1), (m0, v0) = _moments(k / self.K), _moments((k - 1) / self.K)
+        j = jnp.minimum(jnp.round(t * self.K).astype(int), self.K - 1)
+        (m1, v1), (m0, v0) = _moments((j + 1) / self.K), _moments(j / self.K)
         move = m1 - m0 + (jnp.sqrt(v1 / v0) - 1) * (x - m0)
-        return move / self.steps[jnp.clip(k - 1, 0, self.K - 1)]
+        return move / self.steps[j]
 
 
-def _with_transport(K: int, **options) -> AnnealedSampler:
-    sampler = AnnealedSampler(Gaussian(), steps=K, **options)
+def _with_transport(K: int) -> AnnealedSampler:
+    """Constant step sizes: the backward kernel of step k uses u_k, the forward kernel of
+    step k + 1's control, whose size matches only if the two steps are equally long."""
+    sampler = AnnealedSampler(Gaussian(), steps=K)
+    sampler = eqx.tree_at(lambda s: s.path.raw_step, sampler, jnp.full(K, sampler.path.raw_step[0]))
     return eqx.tree_at(lambda s: s.controller, sampler, Transport(K, sampler.path.step_sizes()))
 
 

@@ -209,3 +209,28 @@ def test_a_pytree_grid_hands_each_kernel_its_steps_entries():
     np.testing.assert_array_equal(np.asarray(back.log_ratio), np.asarray(ref.log_ratio))
     with pytest.raises(ValueError, match=r"leading lengths \[12, 13\]"):
         sdekit.simulate(key, x0, {"time": TS, "short": TS[1:]}, exact_forward, backward)
+
+
+def test_a_point_function_hands_each_kernel_its_states_value():
+    """`point(t, x)` is evaluated at each state's own grid entry: the forward kernel of
+    step k gets that of x_{k-1} (entry k-1), the backward kernel that of x_k (entry k)."""
+
+    def point(t, x):
+        return {"t": t, "x": x}
+
+    # the means from the point's state and time (stds may not vary between particles)
+    def forward(s, t, x, p):
+        return exact_forward(s, p["t"] + 1, p["x"])[0], exact_forward(s, t, x)[1]
+
+    def backward_(s, t, x, p):
+        return backward(s, p["t"], p["x"])[0], backward(s, t, x)[1]
+
+    x0, key = _start(jax.random.key(17), 16), jax.random.key(18)
+    plain = sdekit.simulate(key, x0, TS, exact_forward, backward)
+    pointed = sdekit.simulate(key, x0, TS, forward, backward_, point=point)
+    np.testing.assert_array_equal(np.asarray(pointed.x), np.asarray(plain.x))
+    np.testing.assert_array_equal(np.asarray(pointed.log_ratio), np.asarray(plain.log_ratio))
+    ref = sdekit.simulate_backward(key, x0, TS, exact_forward, backward)
+    back = sdekit.simulate_backward(key, x0, TS, forward, backward_, point=point)
+    np.testing.assert_array_equal(np.asarray(back.x), np.asarray(ref.x))
+    np.testing.assert_array_equal(np.asarray(back.log_ratio), np.asarray(ref.log_ratio))

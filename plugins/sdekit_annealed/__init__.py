@@ -4,10 +4,10 @@ Gaussian prior to the target, with exact discrete-time weights."""
 
 import sdekit
 
-from ._path import AnnealedPath, langevin_kernels
+from ._path import AnnealedPath, LangevinKernels
 from ._sampler import AnnealedSampler, Segments, cmcd, scld
 
-__all__ = ["AnnealedPath", "AnnealedSampler", "Segments", "cmcd", "langevin_kernels", "scld"]
+__all__ = ["AnnealedPath", "AnnealedSampler", "Segments", "LangevinKernels", "cmcd", "scld"]
 
 
 @sdekit.hookimpl

@@ -86,32 +86,42 @@ class AnnealedPath(eqx.Module):
         r"""$\log\pi_\beta(x) = (1 - \beta)\log\nu(x) + \beta\log\gamma(x)$ (unnormalised)."""
         return (1 - beta) * self.prior_log_prob(x) + beta * self.target.log_prob(x)
 
-    def score(self, beta: Scalar, x: Float[Array, " d"]) -> Float[Array, " d"]:
-        r"""$\nabla\log\pi_\beta(x)$, with $\nabla\log\gamma$ clipped to `score_clip`."""
+    def target_score(self, x: Float[Array, " d"]) -> Float[Array, " d"]:
+        r"""$\nabla\log\gamma(x)$, clipped to `score_clip`."""
         grad = jax.grad(self.target.log_prob)(x)
-        if self.score_clip is not None:
-            grad = jnp.clip(grad, -self.score_clip, self.score_clip)
+        if self.score_clip is None:
+            return grad
+        return jnp.clip(grad, -self.score_clip, self.score_clip)
+
+    def score(self, beta: Scalar, x: Float[Array, " d"], target_score: Array) -> Float[Array, " d"]:
+        r"""$\nabla\log\pi_\beta(x)$, given `target_score` $= \nabla\log\gamma(x)$."""
         prior = -(x - self.mean) * jnp.exp(-2 * self.log_scale)
-        return (1 - beta) * prior + beta * grad
+        return (1 - beta) * prior + beta * target_score
 
 
-def langevin_kernels(path: AnnealedPath, control: AbstractController):
+class LangevinKernels(eqx.Module):
     r"""The controlled Langevin kernels of step $k$, both at level $\beta_k$:
 
-    $F_k(x_k \mid x_{k-1}) = \mathcal N(x_{k-1} + \varepsilon_k[\nabla\log\pi_k + u](x_{k-1}), 2\varepsilon_k I)$,
-    $B_k(x_{k-1} \mid x_k) = \mathcal N(x_k + \varepsilon_k[\nabla\log\pi_k - u](x_k), 2\varepsilon_k I)$,
+    $F_k(x_k \mid x_{k-1}) = \mathcal N(x_{k-1} + \varepsilon_k[\nabla\log\pi_k(x_{k-1}) + u_{k-1}(x_{k-1})], 2\varepsilon_k I)$,
+    $B_k(x_{k-1} \mid x_k) = \mathcal N(x_k + \varepsilon_k[\nabla\log\pi_k(x_k) - u_k(x_k)], 2\varepsilon_k I)$,
 
-    with $u = u(k/K, \cdot)$ the control. With $u = 0$ both are unadjusted Langevin steps
-    for $\pi_k$ (annealed importance sampling with ULA moves); the learned $u$ makes the
-    forward and backward path laws meet. Kernels for `sdekit.simulate` on `path.grid()`.
+    with $u_j = u(j/K, \cdot)$ the control at the state's own time, so that each state
+    $x_k$ needs one $\nabla\log\gamma(x_k)$ and one $u_k(x_k)$, shared by $B_k$ and
+    $F_{k+1}$ (`point`, for `sdekit.simulate` on `path.grid()`). With $u = 0$ both kernels
+    are unadjusted Langevin steps for $\pi_k$ (annealed importance sampling with ULA
+    moves); the learned $u$ makes the forward and backward path laws meet.
     """
 
-    def forward(s, t, x):
-        eps = t["step"]
-        return x + eps * (path.score(t["beta"], x) + control(t["time"], x)), jnp.sqrt(2 * eps)
+    path: AnnealedPath
+    control: AbstractController
 
-    def backward(s, t, x):
-        eps = t["step"]
-        return x + eps * (path.score(t["beta"], x) - control(t["time"], x)), jnp.sqrt(2 * eps)
+    def point(self, t, x):
+        return self.path.target_score(x), self.control(t["time"], x)
 
-    return forward, backward
+    def forward(self, s, t, x, p):
+        (grad, u), eps = p, t["step"]
+        return x + eps * (self.path.score(t["beta"], x, grad) + u), jnp.sqrt(2 * eps)
+
+    def backward(self, s, t, x, p):
+        (grad, u), eps = p, t["step"]
+        return x + eps * (self.path.score(t["beta"], x, grad) - u), jnp.sqrt(2 * eps)

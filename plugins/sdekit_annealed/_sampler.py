@@ -18,7 +18,7 @@ from sdekit import (
     float_arrays_outside_targets,
 )
 
-from ._path import AnnealedPath, langevin_kernels
+from ._path import AnnealedPath, LangevinKernels
 
 LOSSES = ("kl", "log-variance")
 Spec = str | dict[str, Any] | Any
@@ -57,7 +57,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
     The path $\pi_k \propto \nu^{1-\beta_k}\gamma^{\beta_k}$, $k = 0..K$, goes from the
     Gaussian prior $\nu$ to the target $\gamma$ (`AnnealedPath`); each step is the
     controlled Langevin kernel $F_k$, scored against the backward kernel $B_k$ with the
-    control's sign flipped (`langevin_kernels`), simulated by `sdekit.simulate`. The $K$
+    control's sign flipped (`LangevinKernels`), simulated by `sdekit.simulate`. The $K$
     steps are cut into `segments` $S$ of equal length. Over segment $s$, from step $a$ to
     step $b$, each particle's weight is multiplied by
 
@@ -144,7 +144,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
             ) -> tuple[Float[Array, "n d"], Float[Array, " n"], Segments]:
         """`n` particles through all segments: their states, log-weights (whose log-mean-exp
         is $\\log\\hat Z$) and the per-segment `Segments`. `detach`: paths without gradients."""
-        forward, backward = langevin_kernels(self.path, self.controller)
+        kernels = LangevinKernels(self.path, self.controller)
         log_pi = jax.vmap(self.path.log_prob, in_axes=(None, 0))
         k_prior, k_segments = jax.random.split(key)
         x0 = self.path.prior_sample(k_prior, n)
@@ -155,7 +155,8 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
             x, log_w = carry
             grid, k, is_last = inputs
             k_sim, k_res = jax.random.split(k)
-            p = sdekit.simulate(k_sim, x, grid, forward, backward, detach=detach)
+            p = sdekit.simulate(k_sim, x, grid, kernels.forward, kernels.backward,
+                                point=kernels.point, detach=detach)
             log_G = p.log_ratio + log_pi(grid["beta"][-1], p.x) - log_pi(grid["beta"][0], x)
             new_log_w = log_w + log_G
             resample = ~is_last & (ess(new_log_w) < self.resample_threshold)
@@ -178,9 +179,10 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         return Samples(x, log_w)
 
     def target_evaluations(self, n: int) -> int:
-        """Evaluations of $\\log\\gamma$ or its gradient: two gradients a step (the forward
-        kernel at $x_{k-1}$, the backward at $x_k$) and two values a segment."""
-        return n * (2 * self.path.steps + 2 * self.segments)
+        """Evaluations of $\\log\\gamma$ or its gradient: one gradient a state (shared by
+        the kernels on either side; each segment starts anew, $K/S + 1$ states) and two
+        values a segment (its end densities)."""
+        return n * (self.path.steps + 3 * self.segments)
 
     def sample_with_stats(self, key: PRNGKeyArray, n: int) -> tuple[Samples, dict[str, Any]]:
         x, log_w, segments = eqx.filter_jit(self.run)(key, n)
@@ -196,8 +198,9 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         r"""Log-weights of paths started at target samples `x` and run back through all $K$
         backward kernels, without resampling; their mean is the EUBO of the proposal's
         path law (with $S = 1$, of the sampler itself)."""
-        forward, backward = langevin_kernels(self.path, self.controller)
-        p = sdekit.simulate_backward(key, x, self.path.grid(), forward, backward)
+        kernels = LangevinKernels(self.path, self.controller)
+        p = sdekit.simulate_backward(key, x, self.path.grid(), kernels.forward, kernels.backward,
+                                     point=kernels.point)
         return sdekit.backward_log_weights(p, self.target.log_prob, self.path.prior_log_prob)
 
     def loss(self, key: PRNGKeyArray) -> tuple[Scalar, dict[str, Scalar]]:
