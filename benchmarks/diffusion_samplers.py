@@ -6,10 +6,14 @@
         --targets funnel many-well-54 --seeds 0 -n 2000          # training-free, same budget
     python benchmarks/diffusion_samplers.py --samplers pis --targets many-well-54 \
         --loss log-variance --exploration 0.5                     # another training variant
+    python benchmarks/diffusion_samplers.py --samplers cmcd scld --targets funnel \
+        --loss log-variance                                       # annealed samplers
     python benchmarks/diffusion_samplers.py --table               # the stored results
     python benchmarks/diffusion_samplers.py --memory              # peak memory of the MC drift
 
-Trained samplers (`pis`, `dds`, `dis`) are trained with `sdekit.train` and then sampled.
+Trained samplers (`pis`, `dds`, `dis`, and the annealed `cmcd`, `scld` with the `mlp`
+control and the per-target `ANNEALED_SETTINGS`) are trained with `sdekit.train` and then
+sampled; an annealed row counts its evaluations with the sampler's `target_evaluations`.
 Training-free ones (`follmer`, `mc-score` = `reverse-sde` with the `mc-score` score on
 `vp`) and the baselines (`nuts`, `smc`) spend their whole cost at sampling time; their
 settings are derived from `--budget`, a number of target evaluations, which defaults to
@@ -54,6 +58,16 @@ TARGETS = {
 LOSS = ("kl", 0.0)
 PROCESS = {"pis": "pbm", "dds": "vp", "dis": "vp", "follmer": "pbm", "mc-score": "vp"}
 TRAINED = ("pis", "dds", "dis")
+#: Annealed samplers: per-target prior scale and initial step size (the published
+#: annealed samplers' settings: prior std 1 on the funnel and many-well, 40 on gmm40),
+#: and the training iterations that fit the target's 5-minute budget.
+ANNEALED = ("cmcd", "scld")
+ANNEALED_SETTINGS = {
+    "funnel": {"prior_scale": 1.0, "step_size": 0.1},
+    "gmm40": {"prior_scale": 40.0, "step_size": 1.0},
+    "many-well-54": {"prior_scale": 1.0, "step_size": 0.1},
+    "many-well-32": {"prior_scale": 1.0, "step_size": 0.1},
+}
 TRAINING_FREE = ("follmer", "mc-score", "nuts", "smc")
 #: Fixed settings of the training-free samplers; the budget sets the rest (see `spec`).
 FREE_STEPS = 64  # follmer and mc-score time steps
@@ -229,6 +243,28 @@ def run(sampler_name: str, target_name: str, seed: int, steps: int, train_iters:
         "control_scale": sampler.control_scale, "true_log_Z": target.log_Z,
     }
     result["target_evaluations"] = controlled_evaluations(result)
+    return train_and_evaluate(sampler, target, key, n, result)
+
+
+def run_annealed(sampler_name: str, target_name: str, seed: int, steps: int,
+                 train_iters: int | None, n: int, loss: str = "kl") -> dict:
+    """Train and evaluate `cmcd`/`scld` with the target's `ANNEALED_SETTINGS`."""
+    spec = {"name": sampler_name, "steps": steps, "loss": loss, **ANNEALED_SETTINGS[target_name],
+            "train_iters": train_iters or TARGETS[target_name]["train_iters"]}
+    sampler = sdekit.compose(target_name, spec, controller={"name": "mlp", "seed": seed})
+    target = sampler.target
+    result = {
+        "sampler": sampler_name, "target": target_name, "seed": seed, "steps": steps,
+        "variant": variant(loss, 0.0), "loss": loss, "train_iters": spec["train_iters"],
+        "batch": sampler.batch, "n": n, "segments": sampler.segments,
+        "true_log_Z": target.log_Z, **ANNEALED_SETTINGS[target_name],
+        "target_evaluations": sampler.target_evaluations(spec["train_iters"] * sampler.batch + n),
+    }
+    return train_and_evaluate(sampler, target, jax.random.key(seed), n, result)
+
+
+def train_and_evaluate(sampler, target, key, n: int, result: dict) -> dict:
+    """`result` with the training time, the sampling time and `evaluate`'s metrics."""
     try:
         trained, history = sdekit.train(sampler, jax.random.fold_in(key, 0), progress=False)
     except sdekit.TrainingDiverged as e:  # a row of its own: the table counts it
@@ -248,7 +284,8 @@ def table(results: list[dict]) -> str:
     for r in results:
         if "target_evaluations" not in r and r["sampler"] in TRAINED:
             r = {**r, "target_evaluations": controlled_evaluations(r)}
-        name = r["sampler"] if r["sampler"] not in TRAINED else f"{r['sampler']} {row_key(r)[3]}"
+        trained = r["sampler"] in (*TRAINED, *ANNEALED)
+        name = f"{r['sampler']} {row_key(r)[3]}" if trained else r["sampler"]
         groups.setdefault((r["target"], name), []).append(r)
     lines = [f"{'target':<14}{'sampler':<14}{'seeds':>6}{'diverged':>9}"
              + "".join(f" {c:>24}" for c in cols)]
@@ -271,7 +308,7 @@ def table(results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samplers", nargs="+", default=list(TRAINED),
-                        choices=[*TRAINED, *TRAINING_FREE])
+                        choices=[*TRAINED, *ANNEALED, *TRAINING_FREE])
     parser.add_argument("--targets", nargs="+", default=list(TARGETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=128)
@@ -309,6 +346,9 @@ def main() -> None:
                 if sampler in TRAINING_FREE:
                     budget = args.budget or default_budget(target)
                     r = run_training_free(sampler, target, seed, args.n, budget)
+                elif sampler in ANNEALED:
+                    r = run_annealed(sampler, target, seed, args.steps, args.train_iters,
+                                     args.n, args.loss)
                 else:
                     r = run(sampler, target, seed, args.steps, args.train_iters, args.n,
                             args.loss, args.exploration)
