@@ -81,10 +81,13 @@ def test_without_control_the_weights_are_poor_but_exact():
     assert abs(float(sdekit.log_Z_estimate(log_w)) - LOG_Z) < 5 * math.sqrt((1 / e - 1) / n)
 
 
-def test_scld_estimate_of_Z_is_unbiased():
-    """The mean of Z-hat over independent runs of few particles, with resampling at every
-    segment, is Z within its standard error (log Z-hat itself is biased low at small n)."""
-    sampler = AnnealedSampler(Gaussian(), steps=16, segments=4, resample_threshold=1.0)
+@pytest.mark.parametrize("mcmc_steps", [0, 2])
+def test_scld_estimate_of_Z_is_unbiased(mcmc_steps):
+    """The mean of Z-hat over independent runs of few particles, with resampling (and MALA
+    moves) at every segment, is Z within its standard error (log Z-hat itself is biased
+    low at small n)."""
+    sampler = AnnealedSampler(Gaussian(), steps=16, segments=4, resample_threshold=1.0,
+                              mcmc_steps=mcmc_steps, mcmc_step_size=0.1)
     estimate = jax.jit(jax.vmap(lambda k: sdekit.log_Z_estimate(sampler.run(k, 16)[1])))
     log_Z = estimate(jax.random.split(jax.random.key(2), 4000))
     ratio = np.exp(np.asarray(log_Z) - LOG_Z)
@@ -93,12 +96,15 @@ def test_scld_estimate_of_Z_is_unbiased():
     assert np.mean(np.asarray(log_Z)) < LOG_Z  # Jensen: the log is biased low
 
 
-def test_resampled_weighted_samples_estimate_the_targets_moments():
+@pytest.mark.parametrize("mcmc_steps", [0, 3])
+def test_resampled_weighted_samples_estimate_the_targets_moments(mcmc_steps):
     # a prior wider than the target, so that the weights have finite variance
     sampler = AnnealedSampler(Gaussian(), steps=32, segments=8, resample_threshold=0.9,
-                              prior_scale=3.0)
+                              prior_scale=3.0, mcmc_steps=mcmc_steps, mcmc_step_size=0.05)
     (x, log_w, seg), n = eqx.filter_jit(sampler.run)(jax.random.key(3), 40_000), 40_000
     assert int(seg.resampled.sum()) >= 3  # resampling did happen
+    if mcmc_steps:  # the moves moved, and the step size adapted towards 0.574
+        assert 0.3 < float(seg.acceptance[-1]) < 0.9, seg.acceptance
     w = np.asarray(jax.nn.softmax(log_w))
     mean = w @ np.asarray(x)
     var = w @ (np.asarray(x) - mean) ** 2
@@ -142,6 +148,8 @@ def test_the_schedule_is_monotone_from_0_to_1_for_any_parameters():
     ("resample_threshold", 1.5, r"resample_threshold must be a number in \[0, 1\], got 1.5"),
     ("step_size", -0.1, "step_size must be a positive number, got -0.1"),
     ("score_clip", 0, "score_clip must be None"),
+    ("mcmc_steps", -1, "mcmc_steps must be an integer >= 0, got -1"),
+    ("mcmc_step_size", 0.0, "mcmc_step_size must be a positive number, got 0.0"),
     ("loss", "elbo", "loss must be one of"),
 ])
 def test_bad_options_are_named(option, value, message):

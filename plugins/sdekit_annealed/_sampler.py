@@ -1,3 +1,4 @@
+import functools
 import inspect
 import math
 from typing import Any
@@ -18,6 +19,7 @@ from sdekit import (
     float_arrays_outside_targets,
 )
 
+from ._mcmc import mala_moves
 from ._path import AnnealedPath, LangevinKernels
 
 LOSSES = ("kl", "log-variance")
@@ -43,12 +45,15 @@ class Segments(eqx.Module):
     - `log_W`: `(S, n)` the normalised log-weights of the particles entering the segment.
     - `ess`: `(S,)` the ESS after the segment's reweighting (before any resampling).
     - `resampled`: `(S,)` whether the particles were resampled after the segment.
+    - `acceptance`: `(S,)` the MALA moves' mean acceptance after the segment (`nan`
+      without moves).
     """
 
     log_G: Float[Array, "S n"]
     log_W: Float[Array, "S n"]
     ess: Float[Array, " S"]
     resampled: Array
+    acceptance: Float[Array, " S"]
 
 
 class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
@@ -64,7 +69,9 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
     $$G_s = \frac{\pi_b(x_b)}{\pi_a(x_a)}\prod_{k=a+1}^{b}\frac{B_k(x_{k-1}\mid x_k)}{F_k(x_k\mid x_{k-1})},$$
 
     after which, if the weights' ESS is below `resample_threshold` (and it is not the last
-    segment), the particles are resampled (systematic) and their weights equalised. The
+    segment), the particles are resampled (systematic) and their weights equalised; then
+    `mcmc_steps` MALA moves leave $\pi_b$ invariant (step size from `mcmc_step_size`,
+    adapted after each segment towards an acceptance of 0.574), so the weights stand. The
     returned log-weights keep $\log\hat Z = \log\frac1N\sum_i w_i$ equal to the SMC
     estimate $\sum_s \log\sum_i \bar W_i^{(s-1)} G_s^i$ ($\bar W$ the normalised weights
     entering segment $s$), unbiased for $Z$; weighted averages over the returned samples
@@ -84,6 +91,8 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
     train_options: TrainOptions
     segments: int = eqx.field(static=True)
     resample_threshold: float = eqx.field(static=True)
+    mcmc_steps: int = eqx.field(static=True)
+    mcmc_step_size: float = eqx.field(static=True)
     loss_name: str = eqx.field(static=True)
     batch: int = eqx.field(static=True)
     learned: tuple[str, ...] = eqx.field(static=True)
@@ -95,6 +104,8 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         steps: int = 128,
         segments: int = 1,
         resample_threshold: float = 0.3,
+        mcmc_steps: int = 0,
+        mcmc_step_size: float = 0.01,
         prior_scale: float = 1.0,
         step_size: float = 0.01,
         score_clip: float | None = None,
@@ -107,8 +118,8 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         learn_step_size: bool = True,
         learn_prior: bool = True,
     ):
-        _check_options(steps, segments, resample_threshold, prior_scale, step_size,
-                       score_clip, loss, batch)
+        _check_options(steps, segments, resample_threshold, mcmc_steps, mcmc_step_size,
+                       prior_scale, step_size, score_clip, loss, batch)
         target = sdekit.resolve_part("target", target)
         self.path = AnnealedPath(target, steps, prior_scale, step_size, score_clip)
         self.controller = sdekit.resolve_part("controller", controller, target=target)
@@ -116,6 +127,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
             steps=train_iters, learning_rate=learning_rate, grad_clip=grad_clip or None
         )
         self.segments, self.resample_threshold = segments, float(resample_threshold)
+        self.mcmc_steps, self.mcmc_step_size = mcmc_steps, float(mcmc_step_size)
         self.loss_name, self.batch = loss, batch
         flags = {"schedule": learn_schedule, "step_size": learn_step_size, "prior": learn_prior}
         self.learned = ("control", *(name for name, on in flags.items() if on))
@@ -152,25 +164,28 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         last = jnp.arange(self.segments) == self.segments - 1
 
         def segment(carry, inputs):
-            x, log_w = carry
+            x, log_w, mcmc_step = carry
             grid, k, is_last = inputs
-            k_sim, k_res = jax.random.split(k)
+            k_sim, k_res, k_mcmc = jax.random.split(k, 3)
             p = sdekit.simulate(k_sim, x, grid, kernels.forward, kernels.backward,
                                 point=kernels.point, detach=detach)
             log_G = p.log_ratio + log_pi(grid["beta"][-1], p.x) - log_pi(grid["beta"][0], x)
             new_log_w = log_w + log_G
             resample = ~is_last & (ess(new_log_w) < self.resample_threshold)
             ancestors = resampling.systematic(k_res, jax.nn.softmax(new_log_w), n)
-            x_next = jnp.where(resample, p.x[ancestors], p.x)
+            x_next = jax.lax.stop_gradient(jnp.where(resample, p.x[ancestors], p.x))
             log_w_next = jnp.where(resample, _log_mean_exp(new_log_w), new_log_w)
-            out = Segments(log_G, jax.nn.log_softmax(log_w), ess(new_log_w), resample)
-            return (jax.lax.stop_gradient(x_next), log_w_next), out
+            accept = jnp.nan
+            if self.mcmc_steps:
+                log_prob = functools.partial(self.path.log_prob, grid["beta"][-1])
+                x_next, mcmc_step, accept = mala_moves(
+                    k_mcmc, log_prob, x_next, mcmc_step, self.mcmc_steps)
+            out = Segments(log_G, jax.nn.log_softmax(log_w), ess(new_log_w), resample, accept)
+            return (x_next, log_w_next, mcmc_step), out
 
         keys = jax.random.split(k_segments, self.segments)
-        log_w0 = jnp.zeros(n, x0.dtype)
-        (x, log_w), segments = jax.lax.scan(
-            segment, (x0, log_w0), (self._segment_grids(), keys, last)
-        )
+        start = (x0, jnp.zeros(n, x0.dtype), jnp.asarray(self.mcmc_step_size, x0.dtype))
+        (x, log_w, _), segments = jax.lax.scan(segment, start, (self._segment_grids(), keys, last))
         return x, log_w, segments
 
     @eqx.filter_jit
@@ -180,9 +195,9 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
 
     def target_evaluations(self, n: int) -> int:
         """Evaluations of $\\log\\gamma$ or its gradient: one gradient a state (shared by
-        the kernels on either side; each segment starts anew, $K/S + 1$ states) and two
-        values a segment (its end densities)."""
-        return n * (self.path.steps + 3 * self.segments)
+        the kernels on either side; each segment starts anew, $K/S + 1$ states), two
+        values a segment (its end densities) and one value with gradient a MALA move."""
+        return n * (self.path.steps + (3 + self.mcmc_steps) * self.segments)
 
     def sample_with_stats(self, key: PRNGKeyArray, n: int) -> tuple[Samples, dict[str, Any]]:
         x, log_w, segments = eqx.filter_jit(self.run)(key, n)
@@ -191,6 +206,8 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
             "min_ess": float(jnp.min(segments.ess)),
             "resamplings": int(jnp.sum(segments.resampled)),
         }
+        if self.mcmc_steps:
+            stats["mcmc_acceptance"] = float(jnp.mean(segments.acceptance))
         return Samples(x, log_w), stats
 
     @eqx.filter_jit
@@ -212,15 +229,19 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         return loss, stats
 
 
-def _check_options(steps, segments, resample_threshold, prior_scale, step_size, score_clip,
-                   loss, batch) -> None:
+def _check_options(steps, segments, resample_threshold, mcmc_steps, mcmc_step_size,
+                   prior_scale, step_size, score_clip, loss, batch) -> None:
     """`ValueError` naming the first bad option."""
-    for name, value, least in (("steps", steps, 1), ("segments", segments, 1), ("batch", batch, 2)):
+    integers = (("steps", steps, 1), ("segments", segments, 1), ("mcmc_steps", mcmc_steps, 0),
+                ("batch", batch, 2))
+    for name, value, least in integers:
         if isinstance(value, bool) or not (isinstance(value, int) and value >= least):
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     if steps % segments:
         raise ValueError(f"segments ({segments}) must divide steps ({steps})")
-    for name, value in (("prior_scale", prior_scale), ("step_size", step_size)):
+    positive = (("prior_scale", prior_scale), ("step_size", step_size),
+                ("mcmc_step_size", mcmc_step_size))
+    for name, value in positive:
         if isinstance(value, (bool, str)) or not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     if score_clip is not None and (isinstance(score_clip, (bool, str)) or not score_clip > 0):
@@ -248,7 +269,8 @@ def _factory(name: str, summary: str, **defaults: Any):
     The path: `steps` $K$ Langevin steps from the prior $\\mathcal N(0, \\text{{prior\\_scale}}^2 I)$
     to the target, step sizes starting at `step_size` and decaying (cosine) to 1 % of it;
     `score_clip` clips $\\nabla\\log\\gamma$ in the drift (`None`: off). `segments` $S$ (must
-    divide $K$) with resampling when the ESS falls below `resample_threshold`. Training
+    divide $K$) with resampling when the ESS falls below `resample_threshold`, then
+    `mcmc_steps` MALA moves (from `mcmc_step_size`, adapted) after each segment. Training
     (`sdekit.train`): `loss` (`"kl"` or `"log-variance"`), `batch` paths a step,
     `train_iters` Adam steps at peak `learning_rate` (cosine decay), gradient norm clipped to
     `grad_clip` (0: none); the control always learns, and `learn_schedule`,
