@@ -50,7 +50,7 @@ class Transport(sdekit.AbstractController):
 def _with_transport(K: int) -> AnnealedSampler:
     """Constant step sizes: the backward kernel of step k uses u_k, the forward kernel of
     step k + 1's control, whose size matches only if the two steps are equally long."""
-    sampler = AnnealedSampler(Gaussian(), steps=K)
+    sampler = AnnealedSampler(Gaussian(), steps=K, step_size=0.01)
     sampler = eqx.tree_at(lambda s: s.path.raw_step, sampler, jnp.full(K, sampler.path.raw_step[0]))
     return eqx.tree_at(lambda s: s.controller, sampler, Transport(K, sampler.path.step_sizes()))
 
@@ -75,7 +75,7 @@ def test_the_transport_control_makes_the_weights_constant_as_K_grows():
 def test_without_control_the_weights_are_poor_but_exact():
     """Zero control (unadjusted Langevin AIS): low ESS, yet log Z-hat unbiased."""
     n = 20_000
-    log_w = AnnealedSampler(Gaussian(), steps=32).sample(jax.random.key(1), n).log_weights
+    log_w = AnnealedSampler(Gaussian(), steps=32, step_size=0.01).sample(jax.random.key(1), n).log_weights
     e = _ess(log_w)
     assert e < 0.5
     assert abs(float(sdekit.log_Z_estimate(log_w)) - LOG_Z) < 5 * math.sqrt((1 / e - 1) / n)
@@ -100,7 +100,8 @@ def test_scld_estimate_of_Z_is_unbiased(mcmc_steps):
 def test_resampled_weighted_samples_estimate_the_targets_moments(mcmc_steps):
     # a prior wider than the target, so that the weights have finite variance
     sampler = AnnealedSampler(Gaussian(), steps=32, segments=8, resample_threshold=0.9,
-                              prior_scale=3.0, mcmc_steps=mcmc_steps, mcmc_step_size=0.05)
+                              prior_scale=3.0, step_size=0.01, mcmc_steps=mcmc_steps,
+                              mcmc_step_size=0.05)
     (x, log_w, seg), n = eqx.filter_jit(sampler.run)(jax.random.key(3), 40_000), 40_000
     assert int(seg.resampled.sum()) >= 3  # resampling did happen
     if mcmc_steps:  # the moves moved, and the step size adapted towards 0.574
