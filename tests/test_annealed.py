@@ -17,6 +17,7 @@ from jaxtyping import Array
 from sdekit_annealed import AnnealedSampler
 
 import sdekit
+from sdekit.metrics import ess
 
 M, S, LOG_Z = jnp.array([1.0, -0.5]), jnp.array([0.5, 2.0]), 0.7
 
@@ -55,17 +56,13 @@ def _with_transport(K: int) -> AnnealedSampler:
     return eqx.tree_at(lambda s: s.controller, sampler, Transport(K, sampler.path.step_sizes()))
 
 
-def _ess(log_w):
-    return float(jnp.exp(2 * jax.nn.logsumexp(log_w) - jax.nn.logsumexp(2 * log_w)) / log_w.size)
-
-
 def test_the_transport_control_makes_the_weights_constant_as_K_grows():
     n, results = 20_000, []
     for K in (16, 64, 256):
         log_w = _with_transport(K).sample(jax.random.key(K), n).log_weights
-        results.append((_ess(log_w), float(sdekit.log_Z_estimate(log_w))))
-    ess = [e for e, _ in results]
-    assert ess[0] < ess[1] < ess[2] and ess[2] > 0.98, ess
+        results.append((float(ess(log_w)), float(sdekit.log_Z_estimate(log_w))))
+    sizes = [e for e, _ in results]
+    assert sizes[0] < sizes[1] < sizes[2] and sizes[2] > 0.98, sizes
     for e, log_Z in results:
         # delta-method standard error of log Z-hat from the relative variance of the weights
         se = math.sqrt((1 / e - 1) / n)
@@ -76,7 +73,7 @@ def test_without_control_the_weights_are_poor_but_exact():
     """Zero control (unadjusted Langevin AIS): low ESS, yet log Z-hat unbiased."""
     n = 20_000
     log_w = AnnealedSampler(Gaussian(), steps=32, step_size=0.01).sample(jax.random.key(1), n).log_weights
-    e = _ess(log_w)
+    e = float(ess(log_w))
     assert e < 0.5
     assert abs(float(sdekit.log_Z_estimate(log_w)) - LOG_Z) < 5 * math.sqrt((1 / e - 1) / n)
 
@@ -109,7 +106,7 @@ def test_resampled_weighted_samples_estimate_the_targets_moments(mcmc_steps):
     w = np.asarray(jax.nn.softmax(log_w))
     mean = w @ np.asarray(x)
     var = w @ (np.asarray(x) - mean) ** 2
-    n_eff = _ess(log_w) * n
+    n_eff = float(ess(log_w)) * n
     np.testing.assert_array_less(np.abs(mean - M), 5 * np.asarray(S) / math.sqrt(n_eff))
     np.testing.assert_array_less(np.abs(var / S**2 - 1), 5 * math.sqrt(2 / n_eff))
 

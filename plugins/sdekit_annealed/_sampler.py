@@ -17,7 +17,9 @@ from sdekit import (
     Samples,
     TrainOptions,
     float_arrays_outside_targets,
+    log_Z_estimate,
 )
+from sdekit.metrics import ess
 
 from ._mcmc import mala_moves
 from ._path import AnnealedPath, LangevinKernels
@@ -25,15 +27,6 @@ from ._path import AnnealedPath, LangevinKernels
 LOSSES = ("kl", "log-variance")
 Spec = str | dict[str, Any] | Any
 """A part: a registered name, a `{"name": ..., **options}` dict, or an object."""
-
-
-def _log_mean_exp(log_w: Float[Array, " n"]) -> Scalar:
-    return jax.nn.logsumexp(log_w) - math.log(log_w.shape[0])
-
-
-def ess(log_w: Float[Array, " n"]) -> Scalar:
-    r"""$(\sum w)^2 / (N \sum w^2)$, in $(0, 1]$."""
-    return jnp.exp(2 * jax.nn.logsumexp(log_w) - jax.nn.logsumexp(2 * log_w)) / log_w.shape[0]
 
 
 class Segments(eqx.Module):
@@ -174,7 +167,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
             resample = ~is_last & (ess(new_log_w) < self.resample_threshold)
             ancestors = resampling.systematic(k_res, jax.nn.softmax(new_log_w), n)
             x_next = jax.lax.stop_gradient(jnp.where(resample, p.x[ancestors], p.x))
-            log_w_next = jnp.where(resample, _log_mean_exp(new_log_w), new_log_w)
+            log_w_next = jnp.where(resample, log_Z_estimate(new_log_w), new_log_w)
             accept = jnp.nan
             if self.mcmc_steps:
                 log_prob = functools.partial(self.path.log_prob, grid["beta"][-1])
@@ -189,8 +182,11 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         return x, log_w, segments
 
     @eqx.filter_jit
+    def _run_jit(self, key: PRNGKeyArray, n: int):
+        return self.run(key, n)
+
     def sample(self, key: PRNGKeyArray, n: int) -> Samples:
-        x, log_w, _ = self.run(key, n)
+        x, log_w, _ = self._run_jit(key, n)
         return Samples(x, log_w)
 
     def target_evaluations(self, n: int) -> int:
@@ -200,7 +196,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         return n * (self.path.steps + (3 + self.mcmc_steps) * self.segments)
 
     def sample_with_stats(self, key: PRNGKeyArray, n: int) -> tuple[Samples, dict[str, Any]]:
-        x, log_w, segments = eqx.filter_jit(self.run)(key, n)
+        x, log_w, segments = self._run_jit(key, n)
         stats = {
             "target_evaluations": self.target_evaluations(n),
             "min_ess": float(jnp.min(segments.ess)),
@@ -225,7 +221,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         _, log_w, seg = self.run(key, self.batch, detach=not kl)
         weighted = jnp.sum(jnp.exp(jax.lax.stop_gradient(seg.log_W)) * seg.log_G)
         loss = -weighted if kl else jnp.mean(jnp.var(seg.log_G, axis=1))
-        stats = {"elbo": jax.lax.stop_gradient(weighted), "log_Z": jax.lax.stop_gradient(_log_mean_exp(log_w))}
+        stats = {"elbo": jax.lax.stop_gradient(weighted), "log_Z": jax.lax.stop_gradient(log_Z_estimate(log_w))}
         return loss, stats
 
 
