@@ -6,7 +6,7 @@ sampler and diagnostic comes from a plugin, first-party ones included.
 
 import importlib.metadata
 
-from ._compose import check_dims, compose, create, resolve_part
+from ._compose import Spec, check_dims, compose, create, resolve_part
 from ._diagnostic import AbstractDiagnostic
 from ._errors import CompositionError, PluginError, SdekitError, TargetError, UnknownNameError
 from ._log_density import LogDensity, target_from_log_prob, to_arviz
@@ -76,6 +76,7 @@ __all__ = [
     "gaussian_log_ratio",
     "remat_scan",
     "resolve_part",
+    "Spec",
     "simulate",
     "simulate_backward",
     "AbstractDiagnostic",

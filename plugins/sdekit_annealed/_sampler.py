@@ -15,6 +15,7 @@ from sdekit import (
     AbstractPathSampler,
     AbstractTrainable,
     Samples,
+    Spec,
     TrainOptions,
     float_arrays_outside_targets,
     log_Z_estimate,
@@ -25,8 +26,6 @@ from ._mcmc import mala_moves
 from ._path import AnnealedPath, LangevinKernels
 
 LOSSES = ("kl", "log-variance")
-Spec = str | dict[str, Any] | Any
-"""A part: a registered name, a `{"name": ..., **options}` dict, or an object."""
 
 
 class Segments(eqx.Module):

@@ -1,4 +1,3 @@
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -6,10 +5,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, ScalarLike
 
 import sdekit
-from sdekit import AbstractController, AbstractProcess, AbstractTarget
+from sdekit import AbstractController, AbstractProcess, AbstractTarget, Spec
 
-Spec = str | dict[str, Any] | Any
-"""A part: a registered name, a `{"name": ..., **options}` dict, or an object."""
 
 
 def _zero_last(mlp: eqx.nn.MLP) -> eqx.nn.MLP:

@@ -1,4 +1,3 @@
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -13,14 +12,13 @@ from sdekit import (
     AbstractScore,
     AbstractTarget,
     Samples,
+    Spec,
     time_grid,
 )
 
 from ._checks import check_draws, check_gradient, check_seed
 from ._snis import draws_key, snis
 
-Spec = str | dict[str, Any] | Any
-"""A part: a registered name, a `{"name": ..., **options}` dict, or an object."""
 
 
 def _pinned(process: Spec, what: str) -> AbstractProcess:

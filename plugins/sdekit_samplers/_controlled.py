@@ -17,12 +17,12 @@ from sdekit import (
     AbstractTrainable,
     Path,
     Samples,
+    Spec,
     TrainOptions,
     float_arrays_outside_targets,
     time_grid,
 )
 
-from ._parts import Spec
 
 LOSSES = ("kl", "log-variance")
 INTEGRATORS = ("euler", "exponential")

@@ -5,11 +5,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 import sdekit
-from sdekit import AbstractDiffusionSampler, AbstractProcess, AbstractScore, AbstractTarget, Samples
+from sdekit import AbstractDiffusionSampler, AbstractProcess, AbstractScore, AbstractTarget, Samples, Spec
 
 from sdekit.fokker_planck import DIVERGENCES, value_and_divergence
 
-from ._parts import Spec
 
 _ADAPTIVE = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8}
 _FIXED = {"euler": diffrax.Euler, "heun": diffrax.Heun}

@@ -12,10 +12,10 @@ from sdekit import (
     AbstractScore,
     AbstractTarget,
     Samples,
+    Spec,
     time_grid,
 )
 
-from ._parts import Spec
 
 #: diffrax solvers for additive noise; "euler" is sdekit's own exact-kernel scan.
 _DIFFRAX_SOLVERS = {
