@@ -19,7 +19,6 @@ from . import hookspecs
 from ._errors import PluginError, UnknownNameError
 from ._suggest import did_you_mean
 
-#: kind -> the hook that registers it.
 KINDS: dict[str, str] = {
     "target": "register_targets",
     "process": "register_processes",
@@ -28,6 +27,7 @@ KINDS: dict[str, str] = {
     "sampler": "register_samplers",
     "diagnostic": "register_diagnostics",
 }
+"""The kinds of part, each mapped to the hook that registers it."""
 #: Keyword arguments through which a factory receives parts composed before it.
 PARTS = ("target", "process", "score", "controller")
 
