@@ -15,6 +15,7 @@ import pluggy
 
 hookspec = pluggy.HookspecMarker("sdekit")
 hookimpl = pluggy.HookimplMarker("sdekit")
+"""The decorator of a plugin's hook implementations: `@sdekit.hookimpl`."""
 
 
 @hookspec
