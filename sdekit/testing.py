@@ -64,10 +64,10 @@ __all__ = [
     "check_target",
 ]
 
-#: Exact identities hold to this many units in the last place of the default float type.
 EXACT_ULPS = 1000
-#: Statistical properties hold to this many estimated standard errors.
+"""Exact identities hold to this many units in the last place of the default float type."""
 K_SE = 5.0
+"""Statistical properties hold to this many estimated standard errors."""
 
 
 class ConformanceError(AssertionError):
