@@ -27,6 +27,16 @@ of length $K + 1$: per-step parameters such as an annealing schedule $\beta_k$ a
 sizes $\varepsilon_k$ (`{"beta": beta, "eps": eps}`); the kernels then receive the
 pytree's entries at $k - 1$ and $k$ as `s` and `t`.
 
+*Splitting integrators* (underdamped Langevin with a leapfrog step) alternate a Gaussian
+step with a deterministic one: `move(s, t, y, p) -> (x, p_x)` maps each drawn point `y` to
+the next state `x`, a bijection with unit Jacobian (volume-preserving), and returns the new
+state's point value too (it may reuse what it computed); `p` is the point value of the
+state the step started from. The backward kernel is then the Gaussian reverse of the draw:
+evaluated at `y` (before the move) with the point value of the new state `x`, it gives the
+law of $x_{k-1}$; no Jacobian enters the weight. `simulate_backward` needs the inverse,
+`move_back(s, t, x, p_x) -> y`. Coordinates whose std is 0 in both kernels (a position that
+the Gaussian step leaves unchanged) are point masses and add nothing to the log-ratio.
+
 The per-step terms are formed as one difference
 ($\tfrac12(|z_F|^2 - |z_B|^2) + \sum\log(\sigma_F/\sigma_B)$; the $2\pi$ terms cancel) and
 summed from zero with compensated (Kahan) summation, so rounding does not grow with $K$.
@@ -50,6 +60,12 @@ Grid = Float[Array, " K+1"] | PyTree
 
 PointFn = Callable[[PyTree, Float[Array, " d"]], PyTree]
 """`point(t, x) -> pytree`: what the kernels need of one state, computed once per state."""
+
+Move = Callable[[PyTree, PyTree, Float[Array, " d"], PyTree], tuple[Float[Array, " d"], PyTree]]
+"""`move(s, t, y, p) -> (x, p_x)`: a deterministic volume-preserving map after each draw."""
+
+MoveBack = Callable[[PyTree, PyTree, Float[Array, " d"], PyTree], Float[Array, " d"]]
+"""`move_back(s, t, x, p_x) -> y`: the inverse of a `Move`."""
 
 StepStats = Callable[..., PyTree]
 """`stats(s, t, x, x_new, log_ratio) -> pytree`: statistics of one step, for all particles."""
@@ -88,7 +104,11 @@ def gaussian_log_ratio(
     x: Array, mean_b: Array, std_b: Array, y: Array, mean_f: Array, std_f: Array
 ) -> Array:
     r"""$\log\mathcal N(x; m_B, \sigma_B^2) - \log\mathcal N(y; m_F, \sigma_F^2)$, summed
-    over the last axis and formed as one difference. Stds are scalars or per-coordinate."""
+    over the last axis and formed as one difference. Stds are scalars or per-coordinate;
+    coordinates whose std is 0 in both kernels are point masses and contribute 0 (the
+    caller keeps them equal to their means)."""
+    if jnp.ndim(std_b) or jnp.ndim(std_f):
+        std_b, std_f, x, mean_b, y, mean_f = _point_masses_removed(std_b, std_f, x, mean_b, y, mean_f)
     z_b, z_f = (x - mean_b) / std_b, (y - mean_f) / std_f
     # log of the ratio, not a difference of logs: exactly 0 where the two stds are equal
     # (the optimal kernels), where log(a) - log(a) need not be when the two logs are
@@ -96,6 +116,14 @@ def gaussian_log_ratio(
     log_std = jnp.log(std_f / std_b)
     log_std = x.shape[-1] * log_std if jnp.ndim(log_std) == 0 else jnp.sum(log_std, -1)
     return 0.5 * (jnp.sum(z_f**2, -1) - jnp.sum(z_b**2, -1)) + log_std
+
+
+def _point_masses_removed(std_b, std_f, *values):
+    """Stds of 1 and residuals of 0 where both stds are 0, so that those coordinates add
+    nothing (with finite gradients) to `gaussian_log_ratio`."""
+    mass = (std_b == 0) & (std_f == 0)
+    x, mean_b, y, mean_f = (jnp.where(mass, 0.0, v) for v in values)
+    return jnp.where(mass, 1.0, std_b), jnp.where(mass, 1.0, std_f), x, mean_b, y, mean_f
 
 
 def _kahan_add(total: tuple[Array, Array], value: Array) -> tuple[Array, Array]:
@@ -164,6 +192,13 @@ def _vectorised(forward: Kernel, backward: Kernel | None, point: PointFn | None)
             jax.vmap(point, in_axes=(None, 0)))
 
 
+def _moved(move: Move | None, at):
+    """`move` `vmap`ped over the particles; without one, the identity with a new point value."""
+    if move is None:
+        return lambda s, t, y, p: (y, at(t, y))
+    return jax.vmap(move, in_axes=(None, None, 0, 0))
+
+
 def _ignoring_points(kernel: Kernel):
     return lambda s, t, x, p: kernel(s, t, x)
 
@@ -180,6 +215,7 @@ def simulate(
     backward: Kernel | None = None,
     *,
     point: PointFn | None = None,
+    move: Move | None = None,
     noise: float = 1.0,
     detach: bool = False,
     remat: bool = False,
@@ -198,6 +234,8 @@ def simulate(
       output), evaluated once per state at the state's own grid entry, and passed to the
       kernels as a fourth argument: the forward kernel of step $k$ gets that of $x_{k-1}$,
       the backward kernel that of $x_k$ (which the next forward kernel reuses).
+    - `move(s, t, y, p) -> (x, p_x)`: a volume-preserving map from each draw `y` to the
+      next state (see the module's docs); the backward kernel is evaluated at `y`.
     - `detach`: stop gradients through each new state (off-policy training).
     - `remat`: rematerialise the steps in the backward pass, memory $O(\sqrt K)$.
     - `stats(s, t, x, x_new, log_ratio_k)`: per-step statistics, returned stacked in
@@ -207,21 +245,22 @@ def simulate(
     The random numbers depend only on `key` and the shapes, not on `remat` or `sharding`.
     """
     fwd, bwd, at = _vectorised(forward, backward, point)
+    moved = _moved(move, at)
     x0 = _constrain(x0, sharding)
 
     def step(carry, inputs):
         x, p, total = carry
         s, t, k = inputs
         mean, std = fwd(s, t, x, p)
-        x_new = mean + (noise * std) * jax.random.normal(k, x.shape, x.dtype)
+        y = mean + (noise * std) * jax.random.normal(k, x.shape, x.dtype)
         if detach:
-            x_new = jax.lax.stop_gradient(x_new)
-        p_new = at(t, x_new)
+            y = jax.lax.stop_gradient(y)
+        x_new, p_new = moved(s, t, y, p)
         if bwd is None:
             increment = jnp.zeros(x.shape[0], x.dtype)
         else:
-            mean_b, std_b = bwd(s, t, x_new, p_new)
-            increment = gaussian_log_ratio(x, mean_b, std_b, x_new, mean, std)
+            mean_b, std_b = bwd(s, t, y, p_new)
+            increment = gaussian_log_ratio(x, mean_b, std_b, y, mean, std)
         out = None if stats is None else stats(s, t, x, x_new, increment)
         return (x_new, p_new, _kahan_add(total, increment)), out
 
@@ -239,12 +278,15 @@ def simulate_backward(
     backward: Kernel,
     *,
     point: PointFn | None = None,
+    move_back: MoveBack | None = None,
     remat: bool = False,
     stats: StepStats | None = None,
     sharding: jax.sharding.Sharding | None = None,
 ) -> Path:
     r"""Simulate paths from end points `x` (at `ts[-1]`) back to `ts[0]` with the backward
     kernels, and their log-ratios $\sum_k \log B_k - \log F_k$ (the same sign as `simulate`).
+    `move_back(s, t, x, p_x) -> y` inverts the `move` of `simulate`: each step undoes the
+    move, then draws from the backward kernel at `y`.
 
     The returned `Path` has `x` $= x_0$ and `x_start` $= x_K$ (the given points);
     `backward_log_weights(path, log_gamma, log_nu)` gives the log-weights, whose mean over
@@ -252,16 +294,18 @@ def simulate_backward(
     """
     fwd, bwd, at = _vectorised(forward, backward, point)
     x = _constrain(x, sharding)
+    undo = None if move_back is None else jax.vmap(move_back, in_axes=(None, None, 0, 0))
 
     def step(carry, inputs):
-        y, p, total = carry
+        x_k, p, total = carry
         s, t, k = inputs
+        y = x_k if undo is None else undo(s, t, x_k, p)
         mean_b, std_b = bwd(s, t, y, p)
         x_prev = mean_b + std_b * jax.random.normal(k, y.shape, y.dtype)
         p_prev = at(s, x_prev)
         mean, std = fwd(s, t, x_prev, p_prev)
         increment = gaussian_log_ratio(x_prev, mean_b, std_b, y, mean, std)
-        out = None if stats is None else stats(s, t, x_prev, y, increment)
+        out = None if stats is None else stats(s, t, x_prev, x_k, increment)
         return (x_prev, p_prev, _kahan_add(total, increment)), out
 
     zero = _constrain(jnp.zeros(x.shape[0], x.dtype), sharding)
