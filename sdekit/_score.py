@@ -51,4 +51,5 @@ class AbstractDensityScore(AbstractPotentialScore):
         r"""$\log p_t(x)$, normalised."""
 
     def potential(self, t: ScalarLike, x: Float[Array, " d"]) -> Scalar:
+        """`log_prob(t, x)`: the normalised log-density is a potential of the score."""
         return self.log_prob(t, x)
