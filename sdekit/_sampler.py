@@ -31,6 +31,7 @@ class AbstractSampler(eqx.Module):
 
     @abc.abstractmethod
     def sample(self, key: PRNGKeyArray, n: int) -> Samples:
+        """`n` samples and their log-weights (`None` when the sampler has none)."""
         ...
 
     def sample_with_stats(self, key: PRNGKeyArray, n: int) -> tuple[Samples, dict[str, Any]]:
@@ -68,6 +69,8 @@ class AbstractPathSampler(AbstractSampler):
 
     @abc.abstractmethod
     def backward_log_weights(self, key: PRNGKeyArray, x: Float[Array, "n d"]) -> Float[Array, " n"]:
+        """Log-weights of paths started at target samples `x` and run backwards; their
+        mean is the EUBO, an upper bound on $\log Z$."""
         ...
 
 
