@@ -51,6 +51,7 @@ class AbstractProcess(eqx.Module):
         return self.reference_std(self.t_max) * jax.random.normal(key, shape)
 
     def prior_log_prob(self, x: Float[Array, " d"]) -> Scalar:
+        """The prior's log-density at one point; override it with `prior_sample`."""
         return gaussian_log_prob(x, 0.0, self.reference_std(self.t_max))
 
 
