@@ -41,6 +41,7 @@ class AbstractTarget(eqx.Module):
 
     @property
     def has_exact_samples(self) -> bool:
+        """Whether the target overrides `sample` with an exact sampler."""
         return type(self).sample is not AbstractTarget.sample
 
 
