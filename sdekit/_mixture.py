@@ -37,6 +37,7 @@ class GaussianMixture(eqx.Module):
 
     @property
     def dim(self) -> int:
+        """The dimension $d$."""
         return self.means.shape[-1]
 
     def _whitened(self, coef, std, x):
@@ -76,6 +77,7 @@ class GaussianMixture(eqx.Module):
         return self.component_log_probs_transformed(1.0, 0.0, x)
 
     def log_prob(self, x: Float[Array, " d"]) -> Float[Array, ""]:
+        """The normalised log-density at one point."""
         return jax.nn.logsumexp(self.component_log_probs(x))
 
     def score(self, x: Float[Array, " d"]) -> Float[Array, " d"]:
@@ -83,9 +85,11 @@ class GaussianMixture(eqx.Module):
         return self.score_transformed(1.0, 0.0, x)
 
     def responsibilities(self, x: Float[Array, " d"]) -> Float[Array, " K"]:
+        """The posterior probability of each component given one point."""
         return jax.nn.softmax(self.component_log_probs(x))
 
     def sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n d"]:
+        """`n` exact samples."""
         k_comp, k_noise = jax.random.split(key)
         comp = jax.random.choice(k_comp, self.weights.shape[0], (n,), p=self.weights)
         chol = jnp.linalg.cholesky(self.covs)[comp]
