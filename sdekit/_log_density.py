@@ -35,10 +35,12 @@ class LogDensity(AbstractTarget):
     _log_Z: float | None = eqx.field(static=True)
 
     def log_prob(self, x: Float[Array, " d"]) -> Float[Array, ""]:
+        """`fn` at one point (unravelled into the model's parameters when it has them)."""
         return self.fn(x if self.unravel is None else self.unravel(x))
 
     @property
     def log_Z(self) -> float | None:
+        """The log normalising constant given when the target was made, or `None`."""
         return self._log_Z
 
     def position(self, x: Float[Array, " d"]) -> PyTree:
