@@ -69,7 +69,7 @@ class AbstractPathSampler(AbstractSampler):
 
     @abc.abstractmethod
     def backward_log_weights(self, key: PRNGKeyArray, x: Float[Array, "n d"]) -> Float[Array, " n"]:
-        """Log-weights of paths started at target samples `x` and run backwards; their
+        r"""Log-weights of paths started at target samples `x` and run backwards; their
         mean is the EUBO, an upper bound on $\log Z$."""
         ...
 
