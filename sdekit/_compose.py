@@ -210,11 +210,13 @@ def compose(
             _check_spec(kind, given[kind])
         elif params[kind].default is inspect.Parameter.empty:
             raise CompositionError(f"sampler {sampler_name!r} needs a {kind}; give {kind}=...")
+    # the target and process are built once here; the fields (score, controller) are built
+    # by the sampler from them, since it knows the space a field acts on
     parts: dict[str, Any] = {}
     for kind in takes:
         spec = given[kind] if given[kind] is not None else params[kind].default
         if spec is not None:
-            parts[kind] = resolve_part(kind, spec, **parts)
+            parts[kind] = resolve_part(kind, spec, **parts) if kind in ("target", "process") else spec
     return create("sampler", sampler_name, **parts, **sampler_options)
 
 

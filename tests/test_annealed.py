@@ -78,13 +78,28 @@ def test_without_control_the_weights_are_poor_but_exact():
     assert abs(float(sdekit.log_Z_estimate(log_w)) - LOG_Z) < 5 * math.sqrt((1 / e - 1) / n)
 
 
-@pytest.mark.parametrize("mcmc_steps", [0, 2])
-def test_scld_estimate_of_Z_is_unbiased(mcmc_steps):
+def test_underdamped_weights_are_exact_both_ways():
+    r"""Underdamped dynamics without control (friction and mass not 1): $\mathbb E w = Z$
+    over paths from the prior and $\mathbb E[1/w] = 1/Z$ over paths run back from exact
+    target samples, each within 5 standard errors."""
+    sampler = AnnealedSampler(Gaussian(), steps=32, step_size=0.1, dynamics="underdamped",
+                              friction=0.5, mass=1.5)
+    n, key = 20_000, jax.random.key(12)
+    w = np.exp(np.asarray(sampler.sample(key, n).log_weights, np.float64) - LOG_Z)
+    x = M + S * jax.random.normal(key, (n, 2))
+    inverse = np.exp(LOG_Z - np.asarray(sampler.backward_log_weights(key, x), np.float64))
+    for ratio in (w, inverse):
+        assert 0.01 < ratio.std() / ratio.mean()  # not trivially exact
+        assert abs(np.log(ratio.mean())) < 5 * ratio.std() / ratio.mean() / math.sqrt(n)
+
+
+@pytest.mark.parametrize("mcmc_steps, dynamics", [(0, "overdamped"), (2, "overdamped"), (2, "underdamped")])
+def test_scld_estimate_of_Z_is_unbiased(mcmc_steps, dynamics):
     """The mean of Z-hat over independent runs of few particles, with resampling (and MALA
     moves) at every segment, is Z within its standard error (log Z-hat itself is biased
     low at small n)."""
     sampler = AnnealedSampler(Gaussian(), steps=16, segments=4, resample_threshold=1.0,
-                              mcmc_steps=mcmc_steps, mcmc_step_size=0.1)
+                              mcmc_steps=mcmc_steps, mcmc_step_size=0.1, dynamics=dynamics)
     estimate = jax.jit(jax.vmap(lambda k: sdekit.log_Z_estimate(sampler.run(k, 16)[1])))
     log_Z = estimate(jax.random.split(jax.random.key(2), 4000))
     ratio = np.exp(np.asarray(log_Z) - LOG_Z)
@@ -111,10 +126,13 @@ def test_resampled_weighted_samples_estimate_the_targets_moments(mcmc_steps):
     np.testing.assert_array_less(np.abs(var / S**2 - 1), 5 * math.sqrt(2 / n_eff))
 
 
-@pytest.mark.parametrize("loss, segments", [("kl", 1), ("log-variance", 1), ("log-variance", 4)])
-def test_training_raises_the_elbo(loss, segments):
+@pytest.mark.parametrize("loss, segments, dynamics", [
+    ("kl", 1, "overdamped"), ("log-variance", 1, "overdamped"), ("log-variance", 4, "overdamped"),
+    ("kl", 1, "underdamped"),
+])
+def test_training_raises_the_elbo(loss, segments, dynamics):
     sampler = AnnealedSampler(Gaussian(), steps=16, segments=segments, loss=loss, batch=128,
-                              train_iters=150, learning_rate=3e-3)
+                              train_iters=150, learning_rate=3e-3, dynamics=dynamics)
     trained, history = sdekit.train(sampler, jax.random.key(4), progress=False)
     key, n = jax.random.key(5), 4000
     before = float(jnp.mean(sampler.run(key, n)[2].log_G.sum(0)))
@@ -131,6 +149,11 @@ def test_only_the_declared_parameters_learn():
     np.testing.assert_array_equal(trained.path.schedule, sampler.path.schedule)
     np.testing.assert_array_equal(trained.path.mean, sampler.path.mean)
     assert not np.array_equal(trained.path.raw_step, sampler.path.raw_step)
+
+    sampler = AnnealedSampler(Gaussian(), steps=8, batch=16, train_iters=3, dynamics="underdamped")
+    trained, _ = sdekit.train(sampler, jax.random.key(6), progress=False)
+    np.testing.assert_array_equal(trained.dynamics.log_mass, sampler.dynamics.log_mass)
+    assert not np.array_equal(trained.dynamics.raw_friction, sampler.dynamics.raw_friction)
 
 
 def test_the_schedule_is_monotone_from_0_to_1_for_any_parameters():
@@ -149,6 +172,8 @@ def test_the_schedule_is_monotone_from_0_to_1_for_any_parameters():
     ("mcmc_steps", -1, "mcmc_steps must be an integer >= 0, got -1"),
     ("mcmc_step_size", 0.0, "mcmc_step_size must be a positive number, got 0.0"),
     ("loss", "elbo", "loss must be one of"),
+    ("dynamics", "overdamp", r"dynamics must be one of \('overdamped', 'underdamped'\), got 'overdamp'"),
+    ("friction", -1.0, "friction must be a positive number, got -1.0"),
 ])
 def test_bad_options_are_named(option, value, message):
     options = {"steps": 16, option: value}

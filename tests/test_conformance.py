@@ -207,6 +207,7 @@ SAMPLERS = [
     ({"name": "smc", "steps": 10}, 100),
     ({"name": "nuts", "num_warmup": 50, "chains": 2}, 200),
     ({"name": "cmcd", "steps": 16}, 1000),
+    ({"name": "cmcd", "steps": 16, "dynamics": "underdamped"}, 1000),
     ({"name": "scld", "steps": 16}, 1000),
 ]
 

@@ -107,13 +107,28 @@ class LangevinKernels(eqx.Module):
 
     with $u_j = u(j/K, \cdot)$ the control at the state's own time, so that each state
     $x_k$ needs one $\nabla\log\gamma(x_k)$ and one $u_k(x_k)$, shared by $B_k$ and
-    $F_{k+1}$ (`point`, for `sdekit.simulate` on `path.grid()`). With $u = 0$ both kernels
+    $F_{k+1}$ (`point`, for `sdekit.simulate` on `path.grid()`). The state is the position
+    (`init`, `log_density` and `position` are those of the path; no `move`). With $u = 0$ both kernels
     are unadjusted Langevin steps for $\pi_k$ (annealed importance sampling with ULA
     moves); the learned $u$ makes the forward and backward path laws meet.
     """
 
     path: AnnealedPath
     control: AbstractController
+    move = None
+    move_back = None
+
+    def init(self, key: PRNGKeyArray, n: int) -> Float[Array, "n d"]:
+        return self.path.prior_sample(key, n)
+
+    def log_density(self, beta: Scalar, x: Float[Array, " d"]) -> Scalar:
+        return self.path.log_prob(beta, x)
+
+    def position(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        return x
+
+    def extend(self, key: PRNGKeyArray, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        return x
 
     def point(self, t, x):
         return self.path.target_score(x), self.control(t["time"], x)

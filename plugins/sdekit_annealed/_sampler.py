@@ -24,8 +24,10 @@ from sdekit.metrics import ess
 
 from ._mcmc import mala_moves
 from ._path import AnnealedPath, LangevinKernels
+from ._underdamped import PhaseSpace, Underdamped, UnderdampedKernels
 
 LOSSES = ("kl", "log-variance")
+DYNAMICS = ("overdamped", "underdamped")
 
 
 class Segments(eqx.Module):
@@ -70,6 +72,11 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
     are consistent. With $S = 1$ this is CMCD: $\log w = \log\gamma(x_K) - \log\nu(x_0) +
     \sum_k \log B_k - \log F_k$, exact for any $K$.
 
+    `dynamics="underdamped"` runs the same scheme on position and velocity
+    (`UnderdampedKernels`: an Ornstein–Uhlenbeck refresh of the velocity with friction
+    $\gamma$ and mass $m$, then a leapfrog step), the densities extended by
+    $\mathcal N(v; 0, m^2)$.
+
     Losses (`sdekit.train`): `"kl"`, $-\sum_s \sum_i \bar W_i^{(s-1)} \log G_s^i$ with
     reparameterised paths inside each segment (no gradient through the resampling or
     across segment boundaries; for $S = 1$ the reverse KL $-\mathbb E\log w$);
@@ -80,6 +87,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
 
     path: AnnealedPath
     controller: AbstractController
+    dynamics: Underdamped | None
     train_options: TrainOptions
     segments: int = eqx.field(static=True)
     resample_threshold: float = eqx.field(static=True)
@@ -102,6 +110,9 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         step_size: float = 0.1,
         score_clip: float | None = None,
         loss: str = "kl",
+        dynamics: str = "overdamped",
+        friction: float = 1.0,
+        mass: float = 1.0,
         batch: int = 256,
         train_iters: int = 2000,
         learning_rate: float = 3e-3,
@@ -109,11 +120,17 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         learn_schedule: bool = True,
         learn_step_size: bool = True,
         learn_prior: bool = True,
+        learn_friction: bool = True,
+        learn_mass: bool = False,
     ):
         _check_options(steps, segments, resample_threshold, mcmc_steps, mcmc_step_size,
-                       prior_scale, step_size, score_clip, loss, batch)
+                       prior_scale, step_size, score_clip, loss, batch, dynamics, friction, mass)
         target = sdekit.resolve_part("target", target)
         self.path = AnnealedPath(target, steps, prior_scale, step_size, score_clip)
+        self.dynamics = None
+        if dynamics == "underdamped":
+            self.dynamics = Underdamped(target.dim, friction, mass)
+            target = PhaseSpace(target, self.dynamics.mass())
         self.controller = sdekit.resolve_part("controller", controller, target=target)
         self.train_options = TrainOptions(
             steps=train_iters, learning_rate=learning_rate, grad_clip=grad_clip or None
@@ -122,6 +139,8 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         self.mcmc_steps, self.mcmc_step_size = mcmc_steps, float(mcmc_step_size)
         self.loss_name, self.batch = loss, batch
         flags = {"schedule": learn_schedule, "step_size": learn_step_size, "prior": learn_prior}
+        if self.dynamics is not None:
+            flags |= {"friction": learn_friction, "mass": learn_mass}
         self.learned = ("control", *(name for name, on in flags.items() if on))
 
     @property
@@ -129,14 +148,26 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         return self.path.target
 
     def trainable(self) -> PyTree[bool]:
-        """The controller and, as `learn_*` says, the schedule, step sizes and prior."""
+        """The controller and, as `learn_*` says, the schedule, step sizes, prior, friction
+        and mass."""
         spec = jax.tree.map(lambda _: False, self)
         spec = eqx.tree_at(lambda s: s.controller, spec, float_arrays_outside_targets(self.controller))
-        fields = {"schedule": ("schedule",), "step_size": ("raw_step",), "prior": ("mean", "log_scale")}
+        fields = {
+            "schedule": lambda s: s.path.schedule,
+            "step_size": lambda s: s.path.raw_step,
+            "prior": lambda s: (s.path.mean, s.path.log_scale),
+            "friction": lambda s: s.dynamics.raw_friction,
+            "mass": lambda s: s.dynamics.log_mass,
+        }
         for name in self.learned[1:]:
-            for field in fields[name]:
-                spec = eqx.tree_at(lambda s: getattr(s.path, field), spec, True)
+            spec = eqx.tree_at(fields[name], spec, replace_fn=lambda _: True)
         return spec
+
+    def kernels(self) -> LangevinKernels | UnderdampedKernels:
+        """The kernels of the chosen dynamics."""
+        if self.dynamics is None:
+            return LangevinKernels(self.path, self.controller)
+        return UnderdampedKernels(self.path, self.controller, self.dynamics)
 
     def _segment_grids(self) -> dict[str, Array]:
         """The grid cut into `segments` overlapping pieces: leaves of shape `(S, K/S + 1)`."""
@@ -148,10 +179,10 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
             ) -> tuple[Float[Array, "n d"], Float[Array, " n"], Segments]:
         """`n` particles through all segments: their states, log-weights (whose log-mean-exp
         is $\\log\\hat Z$) and the per-segment `Segments`. `detach`: paths without gradients."""
-        kernels = LangevinKernels(self.path, self.controller)
-        log_pi = jax.vmap(self.path.log_prob, in_axes=(None, 0))
+        kernels = self.kernels()
+        log_pi = jax.vmap(kernels.log_density, in_axes=(None, 0))
         k_prior, k_segments = jax.random.split(key)
-        x0 = self.path.prior_sample(k_prior, n)
+        x0 = kernels.init(k_prior, n)
         x0 = jax.lax.stop_gradient(x0) if detach else x0
         last = jnp.arange(self.segments) == self.segments - 1
 
@@ -160,7 +191,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
             grid, k, is_last = inputs
             k_sim, k_res, k_mcmc = jax.random.split(k, 3)
             p = sdekit.simulate(k_sim, x, grid, kernels.forward, kernels.backward,
-                                point=kernels.point, detach=detach)
+                                point=kernels.point, move=kernels.move, detach=detach)
             log_G = p.log_ratio + log_pi(grid["beta"][-1], p.x) - log_pi(grid["beta"][0], x)
             new_log_w = log_w + log_G
             resample = ~is_last & (ess(new_log_w) < self.resample_threshold)
@@ -169,7 +200,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
             log_w_next = jnp.where(resample, log_Z_estimate(new_log_w), new_log_w)
             accept = jnp.nan
             if self.mcmc_steps:
-                log_prob = functools.partial(self.path.log_prob, grid["beta"][-1])
+                log_prob = functools.partial(kernels.log_density, grid["beta"][-1])
                 x_next, mcmc_step, accept = mala_moves(
                     k_mcmc, log_prob, x_next, mcmc_step, self.mcmc_steps)
             out = Segments(log_G, jax.nn.log_softmax(log_w), ess(new_log_w), resample, accept)
@@ -186,7 +217,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
 
     def sample(self, key: PRNGKeyArray, n: int) -> Samples:
         x, log_w, _ = self._run_jit(key, n)
-        return Samples(x, log_w)
+        return Samples(self.kernels().position(x), log_w)
 
     def target_evaluations(self, n: int) -> int:
         """Evaluations of $\\log\\gamma$ or its gradient: one gradient a state (shared by
@@ -203,17 +234,20 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         }
         if self.mcmc_steps:
             stats["mcmc_acceptance"] = float(jnp.mean(segments.acceptance))
-        return Samples(x, log_w), stats
+        return Samples(self.kernels().position(x), log_w), stats
 
     @eqx.filter_jit
     def backward_log_weights(self, key: PRNGKeyArray, x: Float[Array, "n d"]) -> Float[Array, " n"]:
         r"""Log-weights of paths started at target samples `x` and run back through all $K$
         backward kernels, without resampling; their mean is the EUBO of the proposal's
-        path law (with $S = 1$, of the sampler itself)."""
-        kernels = LangevinKernels(self.path, self.controller)
-        p = sdekit.simulate_backward(key, x, self.path.grid(), kernels.forward, kernels.backward,
-                                     point=kernels.point)
-        return sdekit.backward_log_weights(p, self.target.log_prob, self.path.prior_log_prob)
+        path law (with $S = 1$, of the sampler itself). Underdamped: velocities at the end
+        drawn from $\mathcal N(0, m^2)$."""
+        kernels = self.kernels()
+        k_v, k_path = jax.random.split(key)
+        p = sdekit.simulate_backward(k_path, kernels.extend(k_v, x), self.path.grid(), kernels.forward,
+                                     kernels.backward, point=kernels.point, move_back=kernels.move_back)
+        return sdekit.backward_log_weights(p, functools.partial(kernels.log_density, 1.0),
+                                           functools.partial(kernels.log_density, 0.0))
 
     def loss(self, key: PRNGKeyArray) -> tuple[Scalar, dict[str, Scalar]]:
         kl = self.loss_name == "kl"
@@ -225,7 +259,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
 
 
 def _check_options(steps, segments, resample_threshold, mcmc_steps, mcmc_step_size,
-                   prior_scale, step_size, score_clip, loss, batch) -> None:
+                   prior_scale, step_size, score_clip, loss, batch, dynamics, friction, mass) -> None:
     """`ValueError` naming the first bad option."""
     integers = (("steps", steps, 1), ("segments", segments, 1), ("mcmc_steps", mcmc_steps, 0),
                 ("batch", batch, 2))
@@ -235,7 +269,7 @@ def _check_options(steps, segments, resample_threshold, mcmc_steps, mcmc_step_si
     if steps % segments:
         raise ValueError(f"segments ({segments}) must divide steps ({steps})")
     positive = (("prior_scale", prior_scale), ("step_size", step_size),
-                ("mcmc_step_size", mcmc_step_size))
+                ("mcmc_step_size", mcmc_step_size), ("friction", friction), ("mass", mass))
     for name, value in positive:
         if isinstance(value, (bool, str)) or not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}")
@@ -245,6 +279,8 @@ def _check_options(steps, segments, resample_threshold, mcmc_steps, mcmc_step_si
         raise ValueError(f"resample_threshold must be a number in [0, 1], got {resample_threshold!r}")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if dynamics not in DYNAMICS:
+        raise ValueError(f"dynamics must be one of {DYNAMICS}, got {dynamics!r}")
 
 
 _OPTIONS = inspect.signature(AnnealedSampler).parameters
@@ -270,7 +306,10 @@ def _factory(name: str, summary: str, **defaults: Any):
     `train_iters` Adam steps at peak `learning_rate` (cosine decay), gradient norm clipped to
     `grad_clip` (0: none); the control always learns, and `learn_schedule`,
     `learn_step_size`, `learn_prior` say whether $\\beta_k$, $\\varepsilon_k$ and the prior's
-    mean and scale do."""
+    mean and scale do. `dynamics="underdamped"`: position and velocity, an exact
+    Ornstein–Uhlenbeck refresh of the velocity (per-coordinate `friction`, learned if
+    `learn_friction`) then a leapfrog step of size $\\varepsilon_k$ (`mass` $m$, learned if
+    `learn_mass`; velocities $\\sim \\mathcal N(0, m^2)$)."""
     return factory
 
 
