@@ -9,6 +9,7 @@ import importlib.metadata
 from ._compose import Spec, check_dims, compose, create, resolve_part
 from ._diagnostic import AbstractDiagnostic
 from ._errors import CompositionError, PluginError, SdekitError, TargetError, UnknownNameError
+from ._fit import FitError, GaussianFit, fit_gaussian
 from ._log_density import LogDensity, target_from_log_prob, to_arviz
 from ._mixture import GaussianMixture
 from ._plugins import KINDS, plugin_manager, register_plugin, registry, unregister_plugin
@@ -92,6 +93,9 @@ __all__ = [
     "CompositionError",
     "GaussianMixture",
     "KINDS",
+    "FitError",
+    "GaussianFit",
+    "fit_gaussian",
     "PluginError",
     "Samples",
     "SdekitError",
