@@ -5,8 +5,10 @@ every page is in the navigation, and CI runs the README's commands."""
 import importlib.util
 import re
 import shlex
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import sdekit
@@ -94,3 +96,32 @@ def test_ci_runs_the_readme_commands_and_builds_the_site():
     assert re.search(r"pip install -q -e \"\.\[test,docs\]\"", ci)
     assert "mkdocs build --strict" in ci
     assert shlex.split(install)[:4] == ["python3", "-m", "venv", ".venv"]
+
+
+def _guide_block(start: str) -> str:
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / "plugin-guide.md").read_text(), re.S)
+    found = [b for b in blocks if b.startswith(start)]
+    assert len(found) == 1, f"expected one python block of the plugin guide starting {start!r}"
+    return found[0]
+
+
+def test_the_plugin_guides_complete_plugin_passes_the_guides_tests(tmp_path, monkeypatch, capsys):
+    """The guide's plugin (a process and a target), used and tested exactly as the guide's
+    own blocks do: written to my_plugin.py, sampled from, then its test functions run."""
+    (tmp_path / "my_plugin.py").write_text(_guide_block("# my_plugin.py"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_plugin
+
+    try:
+        exec(_guide_block("import jax, sdekit\nimport my_plugin"), {})
+        assert np.isfinite(float(capsys.readouterr().out))
+        sdekit.unregister_plugin("my_plugin")
+        tests: dict = {}
+        exec(_guide_block("# tests/test_my_plugin.py"), tests)
+        names = [n for n in tests if n.startswith("test_")]
+        assert len(names) == 4
+        for name in names:
+            tests[name]()
+    finally:
+        sdekit.unregister_plugin("my_plugin")
+        sys.modules.pop("my_plugin", None)
