@@ -315,6 +315,37 @@ def simulate_backward(
     return Path(x0, x, log_ratio, out)
 
 
+def path_log_ratio(
+    xs: Float[Array, "K+1 n d"],
+    ts: Grid,
+    forward: Kernel,
+    backward: Kernel,
+    *,
+    point: PointFn | None = None,
+    move_back: MoveBack | None = None,
+) -> Float[Array, " n"]:
+    r"""$\sum_k \log B_k(x_{k-1}\mid x_k) - \log F_k(x_k\mid x_{k-1})$ of given paths
+    `xs` (states $x_0, \dots, x_K$ on the leading axis), under the kernels as they are now:
+    paths simulated earlier (a replay buffer) re-scored under new parameters. The same
+    terms as the log-ratio `simulate` returns, computed for all steps at once; with
+    `move_back`, each step's Gaussian terms are at the pre-move point $y_k$ of $x_k$.
+    """
+    fwd, bwd, at = _vectorised(forward, backward, point)
+    undo = None if move_back is None else jax.vmap(move_back, in_axes=(None, None, 0, 0))
+    points = jax.vmap(at)(ts, xs)
+
+    def step(s, t, x, p, x_new, p_new):
+        y = x_new if undo is None else undo(s, t, x_new, p_new)
+        mean, std = fwd(s, t, x, p)
+        mean_b, std_b = bwd(s, t, y, p_new)
+        return gaussian_log_ratio(x, mean_b, std_b, y, mean, std)
+
+    head = lambda tree: jax.tree.map(lambda a: a[:-1], tree)  # noqa: E731
+    tail = lambda tree: jax.tree.map(lambda a: a[1:], tree)  # noqa: E731
+    terms = jax.vmap(step)(head(ts), tail(ts), xs[:-1], head(points), xs[1:], tail(points))
+    return jnp.sum(terms, axis=0)
+
+
 def backward_log_weights(
     path: Path,
     log_end: Callable[[Float[Array, " d"]], Array],

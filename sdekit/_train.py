@@ -68,6 +68,10 @@ class AbstractTrainable(eqx.Module):
 
     `trainable()` says which leaves are trained: by default the model's floating-point
     arrays, except those inside an `AbstractTarget` (a target is data, never trained).
+
+    A loss that carries state from step to step (a replay buffer of past samples)
+    overrides `init_loss_state()` and `loss_with_state(key, state)`; `sdekit.train` keeps
+    the state in its checkpoint, so a resumed run continues with the same state.
     """
 
     train_options: eqx.AbstractVar[TrainOptions]
@@ -79,6 +83,16 @@ class AbstractTrainable(eqx.Module):
     @abc.abstractmethod
     def loss(self, key: PRNGKeyArray) -> tuple[Scalar, dict[str, Scalar]]:
         """A loss to minimise and named scalar statistics to record (e.g. the ELBO)."""
+
+    def init_loss_state(self) -> PyTree:
+        """The loss's state before the first step (`None`: a stateless loss)."""
+        return None
+
+    def loss_with_state(self, key: PRNGKeyArray, state: PyTree) -> tuple[Scalar, dict[str, Scalar], PyTree]:
+        """The loss, its statistics and the state for the next step (gradients flow only
+        into the loss). By default `loss(key)`, the state passed through."""
+        value, stats = self.loss(key)
+        return value, stats, state
 
 
 def float_arrays_outside_targets(model: PyTree) -> PyTree[bool]:
@@ -96,6 +110,7 @@ class TrainState(eqx.Module):
 
     params: PyTree
     opt_state: PyTree
+    loss_state: PyTree
     step: Array
     history: dict[str, Float[Array, " steps"]]
     diverged_at: Array
@@ -107,6 +122,7 @@ def _init_state(model: AbstractTrainable, names: tuple[str, ...]) -> TrainState:
     return TrainState(
         params=params,
         opt_state=model.train_options.optimizer().init(params),
+        loss_state=model.init_loss_state(),
         step=jnp.array(0),
         history={name: jnp.full(steps, jnp.nan) for name in ("loss", *names)},
         diverged_at=jnp.array(-1),
@@ -117,14 +133,16 @@ def _init_state(model: AbstractTrainable, names: tuple[str, ...]) -> TrainState:
 def _run_chunk(state: TrainState, static: PyTree, key: PRNGKeyArray, n: int) -> TrainState:
     optimizer = static.train_options.optimizer()
 
-    def loss(params, k):
-        return eqx.combine(params, static).loss(k)
+    def loss(params, k, loss_state):
+        value, stats, loss_state = eqx.combine(params, static).loss_with_state(k, loss_state)
+        return value, (stats, jax.lax.stop_gradient(loss_state))
 
     steps = static.train_options.steps
 
     def step(state: TrainState, _):
         k = jax.random.fold_in(key, state.step)
-        (value, stats), grads = eqx.filter_value_and_grad(loss, has_aux=True)(state.params, k)
+        (value, (stats, loss_state)), grads = eqx.filter_value_and_grad(loss, has_aux=True)(
+            state.params, k, state.loss_state)
         finite = jnp.isfinite(value) & jnp.all(
             jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
         )
@@ -143,6 +161,7 @@ def _run_chunk(state: TrainState, static: PyTree, key: PRNGKeyArray, n: int) -> 
         return TrainState(
             params=keep(new_params, state.params),
             opt_state=keep(opt_state, state.opt_state),
+            loss_state=keep(loss_state, state.loss_state),
             step=jnp.where(finite, state.step + 1, state.step),
             history=history,
             diverged_at=jnp.where(
@@ -231,7 +250,7 @@ def load_checkpoint(model: AbstractTrainable, checkpoint: str | os.PathLike) -> 
 
 
 def _stat_names(model: AbstractTrainable) -> tuple[str, ...]:
-    return tuple(jax.eval_shape(model.loss, jax.random.key(0))[1])
+    return tuple(jax.eval_shape(model.loss_with_state, jax.random.key(0), model.init_loss_state())[1])
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jaxtyping import Array
-from sdekit_annealed import AnnealedSampler
+from sdekit_annealed import AnnealedSampler, Buffer
 
 import sdekit
 from sdekit.metrics import ess
@@ -126,13 +126,13 @@ def test_resampled_weighted_samples_estimate_the_targets_moments(mcmc_steps):
     np.testing.assert_array_less(np.abs(var / S**2 - 1), 5 * math.sqrt(2 / n_eff))
 
 
-@pytest.mark.parametrize("loss, segments, dynamics", [
-    ("kl", 1, "overdamped"), ("log-variance", 1, "overdamped"), ("log-variance", 4, "overdamped"),
-    ("kl", 1, "underdamped"),
+@pytest.mark.parametrize("loss, segments, dynamics, buffer", [
+    ("kl", 1, "overdamped", 0), ("log-variance", 1, "overdamped", 0),
+    ("log-variance", 4, "overdamped", 4), ("kl", 1, "underdamped", 0),
 ])
-def test_training_raises_the_elbo(loss, segments, dynamics):
+def test_training_raises_the_elbo(loss, segments, dynamics, buffer):
     sampler = AnnealedSampler(Gaussian(), steps=16, segments=segments, loss=loss, batch=128,
-                              train_iters=150, learning_rate=3e-3, dynamics=dynamics)
+                              train_iters=150, learning_rate=3e-3, dynamics=dynamics, buffer=buffer)
     trained, history = sdekit.train(sampler, jax.random.key(4), progress=False)
     key, n = jax.random.key(5), 4000
     before = float(jnp.mean(sampler.run(key, n)[2].log_G.sum(0)))
@@ -174,14 +174,67 @@ def test_the_schedule_is_monotone_from_0_to_1_for_any_parameters():
     ("loss", "elbo", "loss must be one of"),
     ("dynamics", "overdamp", r"dynamics must be one of \('overdamped', 'underdamped'\), got 'overdamp'"),
     ("friction", -1.0, "friction must be a positive number, got -1.0"),
+    ("buffer", 4, r"a buffer \(buffer=4\) trains by loss='log-variance', not 'kl'"),
 ])
 def test_bad_options_are_named(option, value, message):
     options = {"steps": 16, option: value}
     with pytest.raises(sdekit.CompositionError, match=message):
-        sdekit.create("sampler", "scld", target="gaussian", **options)
+        sdekit.create("sampler", "scld", target="gaussian", **{"loss": "kl", "buffer": 0, **options})
 
 
 def test_factories_work_from_a_target_alone_and_on_the_funnel():
     sampler = sdekit.create("sampler", "cmcd", target="funnel", steps=8)
     out = sampler.sample(jax.random.key(8), 64)
     assert out.x.shape == (64, 10) and np.all(np.isfinite(np.asarray(out.log_weights)))
+
+
+def test_the_buffer_keeps_the_newest_finite_paths_and_draws_by_priority():
+    buffer = Buffer.empty(segments=1, capacity=4, length=2, dim=1)
+    paths = jnp.arange(6.0).reshape(1, 6, 1, 1) * jnp.ones((1, 1, 2, 1))
+    log_G = jnp.array([[0.0, 1.0, jnp.nan, 0.5, -1.0, 2.0]])
+    buffer = buffer.insert(paths[:, :3], log_G[:, :3]).insert(paths[:, 3:], log_G[:, 3:])
+    # slots 0, 1 overwritten by paths 4, 5 (first in, first out); path 2 was non-finite
+    np.testing.assert_array_equal(buffer.paths[0, :, 0, 0], [4.0, 5.0, 2.0, 3.0])
+    np.testing.assert_array_equal(buffer.log_G[0], [-1.0, 2.0, -np.inf, 0.5])
+    draws = jax.vmap(lambda k: buffer.draw(k, 1)[0, 0])(jax.random.split(jax.random.key(9), 20_000))
+    counts = np.bincount(np.asarray(draws), minlength=4) / 20_000
+    expected = np.exp([-1.0, 2.0, -np.inf, 0.5]) / np.exp([-1.0, 2.0, 0.5]).sum()
+    np.testing.assert_allclose(counts, expected, atol=5 * np.sqrt(0.25 / 20_000))
+    pair = buffer.draw(jax.random.key(10), 3)[0]
+    assert len(set(np.asarray(pair).tolist())) == 3 and 2 not in pair  # distinct, finite first
+
+
+@pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
+def test_rescoring_stored_paths_gives_their_simulated_weights(dynamics):
+    sampler = AnnealedSampler(Gaussian(), steps=8, segments=2, dynamics=dynamics)
+    _, _, seg = sampler.run(jax.random.key(11), 32, keep_paths=True)
+    np.testing.assert_allclose(sampler.rescore(seg.paths), seg.log_G, rtol=1e-4, atol=1e-4)
+
+
+def test_training_with_a_buffer_resumes_to_the_same_state(tmp_path, monkeypatch):
+    """The buffer is part of the checkpoint: an interrupted run, resumed, ends with the
+    parameters and the buffer of an uninterrupted one."""
+    sampler = AnnealedSampler(Gaussian(), steps=8, segments=2, loss="log-variance", buffer=2,
+                              batch=16, train_iters=6)
+    sampler = eqx.tree_at(lambda s: s.train_options, sampler, sdekit.TrainOptions(steps=6, chunk=2))
+    checkpoints = tmp_path / "reference.eqx", tmp_path / "resumed.eqx"
+    reference, _ = sdekit.train(sampler, jax.random.key(12), checkpoint=checkpoints[0], progress=False)
+    run_chunk, calls = sdekit._train._run_chunk, []
+
+    def interrupted(*args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return run_chunk(*args)
+
+    monkeypatch.setattr(sdekit._train, "_run_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sdekit.train(sampler, jax.random.key(12), checkpoint=checkpoints[1], progress=False)
+    monkeypatch.setattr(sdekit._train, "_run_chunk", run_chunk)
+    resumed, _ = sdekit.train(sampler, jax.random.key(12), checkpoint=checkpoints[1], progress=False)
+    for a, b in zip(jax.tree.leaves(eqx.filter(reference, eqx.is_array)),
+                    jax.tree.leaves(eqx.filter(resumed, eqx.is_array))):
+        np.testing.assert_array_equal(a, b)
+    assert checkpoints[0].read_bytes() == checkpoints[1].read_bytes()  # buffer included
+    state = sdekit._train._load_state(checkpoints[1], sdekit._train._init_state(sampler, ("elbo", "log_Z")))
+    assert np.isfinite(np.asarray(state.loss_state.log_G)).sum() == 2 * 2 * 16  # full: 3 inserts

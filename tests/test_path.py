@@ -295,3 +295,29 @@ def test_moves_give_exact_weights_both_ways():
     z = jax.vmap(move, in_axes=(None, None, 0, None))(0.0, 1.0, y, None)[0]
     undone = jax.vmap(move_back, in_axes=(None, None, 0, None))(0.0, 1.0, z, None)
     np.testing.assert_allclose(np.asarray(undone), np.asarray(y), atol=1e-5)
+
+
+def test_path_log_ratio_rescores_simulated_paths():
+    """`path_log_ratio` of the states `simulate` visited is the log-ratio it returned, with
+    a point function, a pytree grid and a move; shifting one state changes it."""
+    states = lambda s, t, x, x_new, inc: x_new  # noqa: E731
+    x0 = _start(jax.random.key(40), 64)
+    path = sdekit.simulate(jax.random.key(41), x0, TS, shifted_forward(0.2), backward, stats=states)
+    xs = jnp.concatenate([x0[None], path.stats])
+    again = sdekit.path_log_ratio(xs, TS, shifted_forward(0.2), backward)
+    np.testing.assert_allclose(np.asarray(again), np.asarray(path.log_ratio), rtol=1e-5, atol=1e-5)
+    moved = sdekit.path_log_ratio(xs.at[3].add(0.1), TS, shifted_forward(0.2), backward)
+    assert np.all(np.abs(np.asarray(moved - again)) > 1e-4)
+
+    refresh, move, move_back = _leapfrog_kernels()
+    point = lambda t, z: {"t": t}  # noqa: E731
+    on_point = lambda k: lambda s, t, z, p: k(s, t, z)  # noqa: E731
+    z0 = jax.random.normal(jax.random.key(42), (64, 2))
+    grid = {"time": TS}
+    path = sdekit.simulate(jax.random.key(43), z0, grid, on_point(refresh), on_point(refresh),
+                           point=point, move=lambda s, t, y, p: (move(s, t, y, p)[0], {"t": t}),
+                           stats=states)
+    zs = jnp.concatenate([z0[None], path.stats])
+    again = sdekit.path_log_ratio(zs, grid, on_point(refresh), on_point(refresh), point=point,
+                                  move_back=move_back)
+    np.testing.assert_allclose(np.asarray(again), np.asarray(path.log_ratio), rtol=1e-4, atol=1e-4)

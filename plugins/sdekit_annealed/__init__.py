@@ -4,10 +4,13 @@ Gaussian prior to the target, with exact discrete-time weights."""
 
 import sdekit
 
+from ._buffer import Buffer
 from ._path import AnnealedPath, LangevinKernels
 from ._sampler import AnnealedSampler, Segments, cmcd, scld
+from ._underdamped import PhaseSpace, Underdamped, UnderdampedKernels
 
-__all__ = ["AnnealedPath", "AnnealedSampler", "Segments", "LangevinKernels", "cmcd", "scld"]
+__all__ = ["AnnealedPath", "AnnealedSampler", "Buffer", "LangevinKernels", "PhaseSpace",
+           "Segments", "Underdamped", "UnderdampedKernels", "cmcd", "scld"]
 
 
 @sdekit.hookimpl

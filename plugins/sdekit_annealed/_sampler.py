@@ -22,6 +22,7 @@ from sdekit import (
 )
 from sdekit.metrics import ess
 
+from ._buffer import Buffer
 from ._mcmc import mala_moves
 from ._path import AnnealedPath, LangevinKernels
 from ._underdamped import PhaseSpace, Underdamped, UnderdampedKernels
@@ -41,6 +42,8 @@ class Segments(eqx.Module):
     - `resampled`: `(S,)` whether the particles were resampled after the segment.
     - `acceptance`: `(S,)` the MALA moves' mean acceptance after the segment (`nan`
       without moves).
+    - `paths`: `(S, n, L + 1, D)` the states each particle visited in each segment
+      (`L = K / S` steps, `D` the state's size), when asked for; else `None`.
     """
 
     log_G: Float[Array, "S n"]
@@ -48,6 +51,7 @@ class Segments(eqx.Module):
     ess: Float[Array, " S"]
     resampled: Array
     acceptance: Float[Array, " S"]
+    paths: Float[Array, "S n L D"] | None = None
 
 
 class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
@@ -82,7 +86,9 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
     across segment boundaries; for $S = 1$ the reverse KL $-\mathbb E\log w$);
     `"log-variance"`, the mean over segments of $\mathrm{Var}_i \log G_s^i$ on paths
     detached from the parameters, zero exactly when every segment's forward and backward
-    path laws agree.
+    path laws agree; with `buffer` $> 0$, on half fresh paths and half drawn from a
+    prioritised replay buffer of past ones (`loss_with_state`; SCLD's published training),
+    which `sdekit.train` checkpoints with the parameters.
     """
 
     path: AnnealedPath
@@ -94,6 +100,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
     mcmc_steps: int = eqx.field(static=True)
     mcmc_step_size: float = eqx.field(static=True)
     loss_name: str = eqx.field(static=True)
+    buffer: int = eqx.field(static=True)
     batch: int = eqx.field(static=True)
     learned: tuple[str, ...] = eqx.field(static=True)
 
@@ -110,6 +117,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         step_size: float = 0.1,
         score_clip: float | None = None,
         loss: str = "kl",
+        buffer: int = 0,
         dynamics: str = "overdamped",
         friction: float = 1.0,
         mass: float = 1.0,
@@ -124,7 +132,8 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         learn_mass: bool = False,
     ):
         _check_options(steps, segments, resample_threshold, mcmc_steps, mcmc_step_size,
-                       prior_scale, step_size, score_clip, loss, batch, dynamics, friction, mass)
+                       prior_scale, step_size, score_clip, loss, buffer, batch, dynamics, friction,
+                       mass)
         target = sdekit.resolve_part("target", target)
         self.path = AnnealedPath(target, steps, prior_scale, step_size, score_clip)
         self.dynamics = None
@@ -137,7 +146,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         )
         self.segments, self.resample_threshold = segments, float(resample_threshold)
         self.mcmc_steps, self.mcmc_step_size = mcmc_steps, float(mcmc_step_size)
-        self.loss_name, self.batch = loss, batch
+        self.loss_name, self.buffer, self.batch = loss, buffer, batch
         flags = {"schedule": learn_schedule, "step_size": learn_step_size, "prior": learn_prior}
         if self.dynamics is not None:
             flags |= {"friction": learn_friction, "mass": learn_mass}
@@ -175,10 +184,11 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         index = jnp.arange(self.segments)[:, None] * length + jnp.arange(length + 1)[None, :]
         return jax.tree.map(lambda a: a[index], self.path.grid())
 
-    def run(self, key: PRNGKeyArray, n: int, *, detach: bool = False
-            ) -> tuple[Float[Array, "n d"], Float[Array, " n"], Segments]:
+    def run(self, key: PRNGKeyArray, n: int, *, detach: bool = False, keep_paths: bool = False
+            ) -> tuple[Float[Array, "n D"], Float[Array, " n"], Segments]:
         """`n` particles through all segments: their states, log-weights (whose log-mean-exp
-        is $\\log\\hat Z$) and the per-segment `Segments`. `detach`: paths without gradients."""
+        is $\\log\\hat Z$) and the per-segment `Segments`. `detach`: paths without gradients;
+        `keep_paths`: return every state visited (`Segments.paths`)."""
         kernels = self.kernels()
         log_pi = jax.vmap(kernels.log_density, in_axes=(None, 0))
         k_prior, k_segments = jax.random.split(key)
@@ -191,7 +201,8 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
             grid, k, is_last = inputs
             k_sim, k_res, k_mcmc = jax.random.split(k, 3)
             p = sdekit.simulate(k_sim, x, grid, kernels.forward, kernels.backward,
-                                point=kernels.point, move=kernels.move, detach=detach)
+                                point=kernels.point, move=kernels.move, detach=detach,
+                                stats=_states if keep_paths else None)
             log_G = p.log_ratio + log_pi(grid["beta"][-1], p.x) - log_pi(grid["beta"][0], x)
             new_log_w = log_w + log_G
             resample = ~is_last & (ess(new_log_w) < self.resample_threshold)
@@ -203,7 +214,8 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
                 log_prob = functools.partial(kernels.log_density, grid["beta"][-1])
                 x_next, mcmc_step, accept = mala_moves(
                     k_mcmc, log_prob, x_next, mcmc_step, self.mcmc_steps)
-            out = Segments(log_G, jax.nn.log_softmax(log_w), ess(new_log_w), resample, accept)
+            paths = None if p.stats is None else jnp.concatenate([x[:, None], p.stats.swapaxes(0, 1)], 1)
+            out = Segments(log_G, jax.nn.log_softmax(log_w), ess(new_log_w), resample, accept, paths)
             return (x_next, log_w_next, mcmc_step), out
 
         keys = jax.random.split(k_segments, self.segments)
@@ -252,17 +264,68 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
     def loss(self, key: PRNGKeyArray) -> tuple[Scalar, dict[str, Scalar]]:
         kl = self.loss_name == "kl"
         _, log_w, seg = self.run(key, self.batch, detach=not kl)
-        weighted = jnp.sum(jnp.exp(jax.lax.stop_gradient(seg.log_W)) * seg.log_G)
-        loss = -weighted if kl else jnp.mean(jnp.var(seg.log_G, axis=1))
-        stats = {"elbo": jax.lax.stop_gradient(weighted), "log_Z": jax.lax.stop_gradient(log_Z_estimate(log_w))}
-        return loss, stats
+        loss = -_elbo(seg) if kl else jnp.mean(jnp.var(seg.log_G, axis=1))
+        return loss, _stats(seg, log_w)
+
+    def init_loss_state(self) -> Buffer | None:
+        """An empty replay buffer of `buffer` batches per segment (`None` without one)."""
+        if not self.buffer:
+            return None
+        length = self.path.steps // self.segments + 1
+        dim = self.path.mean.shape[0] * (1 if self.dynamics is None else 2)
+        return Buffer.empty(self.segments, self.buffer * self.batch, length, dim)
+
+    def loss_with_state(self, key: PRNGKeyArray, state: Buffer | None):
+        """With a buffer (SCLD's training): simulate a batch and store its sub-trajectories;
+        per segment, draw half a batch from the buffer (probabilities $\\propto G$, without
+        replacement) and take half a batch of the fresh ones; the loss is the mean over
+        segments of $\\mathrm{Var}\\log G$ of these, rescored under the current parameters,
+        and the drawn entries' priorities are updated."""
+        if state is None:
+            return AbstractTrainable.loss_with_state(self, key, state)
+        k_run, k_draw, k_fresh = jax.random.split(key, 3)
+        _, log_w, seg = self.run(k_run, self.batch, detach=True, keep_paths=True)
+        state = state.insert(seg.paths, seg.log_G)
+        m = self.batch // 2
+        index = state.draw(k_draw, m)
+        fresh = jax.random.permutation(k_fresh, self.batch)[: self.batch - m]
+        log_G = self.rescore(jnp.concatenate([state.take(index), seg.paths[:, fresh]], axis=1))
+        state = state.reprioritise(index, jax.lax.stop_gradient(log_G[:, :m]))
+        return jnp.mean(jnp.var(log_G, axis=1)), _stats(seg, log_w), state
+
+    def rescore(self, paths: Float[Array, "S n L D"]) -> Float[Array, "S n"]:
+        """Each segment's $\\log G$ of given sub-trajectories under the current parameters."""
+        kernels = self.kernels()
+        log_pi = jax.vmap(kernels.log_density, in_axes=(None, 0))
+
+        def segment(grid, xs):
+            xs = jax.lax.stop_gradient(xs).swapaxes(0, 1)
+            ratio = sdekit.path_log_ratio(xs, grid, kernels.forward, kernels.backward,
+                                          point=kernels.point, move_back=kernels.move_back)
+            return ratio + log_pi(grid["beta"][-1], xs[-1]) - log_pi(grid["beta"][0], xs[0])
+
+        return jax.vmap(segment)(self._segment_grids(), paths)
+
+
+def _elbo(seg: Segments) -> Scalar:
+    return jnp.sum(jnp.exp(jax.lax.stop_gradient(seg.log_W)) * seg.log_G)
+
+
+def _stats(seg: Segments, log_w: Float[Array, " n"]) -> dict[str, Scalar]:
+    return {"elbo": jax.lax.stop_gradient(_elbo(seg)),
+            "log_Z": jax.lax.stop_gradient(log_Z_estimate(log_w))}
+
+
+def _states(s, t, x, x_new, log_ratio):
+    return x_new
 
 
 def _check_options(steps, segments, resample_threshold, mcmc_steps, mcmc_step_size,
-                   prior_scale, step_size, score_clip, loss, batch, dynamics, friction, mass) -> None:
+                   prior_scale, step_size, score_clip, loss, buffer, batch, dynamics, friction,
+                   mass) -> None:
     """`ValueError` naming the first bad option."""
     integers = (("steps", steps, 1), ("segments", segments, 1), ("mcmc_steps", mcmc_steps, 0),
-                ("batch", batch, 2))
+                ("buffer", buffer, 0), ("batch", batch, 2))
     for name, value, least in integers:
         if isinstance(value, bool) or not (isinstance(value, int) and value >= least):
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
@@ -279,6 +342,9 @@ def _check_options(steps, segments, resample_threshold, mcmc_steps, mcmc_step_si
         raise ValueError(f"resample_threshold must be a number in [0, 1], got {resample_threshold!r}")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if buffer and loss != "log-variance":
+        raise ValueError(f"a buffer (buffer={buffer}) trains by loss='log-variance', not {loss!r}; "
+                         f"set buffer=0 or loss='log-variance'")
     if dynamics not in DYNAMICS:
         raise ValueError(f"dynamics must be one of {DYNAMICS}, got {dynamics!r}")
 
@@ -304,7 +370,8 @@ def _factory(name: str, summary: str, **defaults: Any):
     `mcmc_steps` MALA moves (from `mcmc_step_size`, adapted) after each segment. Training
     (`sdekit.train`): `loss` (`"kl"` or `"log-variance"`), `batch` paths a step,
     `train_iters` Adam steps at peak `learning_rate` (cosine decay), gradient norm clipped to
-    `grad_clip` (0: none); the control always learns, and `learn_schedule`,
+    `grad_clip` (0: none); `buffer`: a replay buffer of that many batches per segment for
+    the log-variance loss (0: off); the control always learns, and `learn_schedule`,
     `learn_step_size`, `learn_prior` say whether $\\beta_k$, $\\varepsilon_k$ and the prior's
     mean and scale do. `dynamics="underdamped"`: position and velocity, an exact
     Ornstein–Uhlenbeck refresh of the velocity (per-coordinate `friction`, learned if
@@ -322,4 +389,5 @@ scld = _factory(
     "Sequential controlled Langevin diffusion: CMCD in segments with resampling between them.",
     segments=4,
     loss="log-variance",
+    buffer=20,
 )
