@@ -15,6 +15,7 @@ class AbstractScore(eqx.Module):
 
     @abc.abstractmethod
     def __call__(self, t: ScalarLike, x: Float[Array, " d"]) -> Float[Array, " d"]:
+        """The field at time `t` and one point `x` of shape `(d,)`."""
         ...
 
 
