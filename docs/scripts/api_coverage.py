@@ -56,7 +56,7 @@ def missing_docstrings(members: bool = True) -> list[str]:
             missing.append(name)
         if members and obj.is_class:
             missing += [f"{name}.{m}" for m, member in obj.members.items()
-                        if not m.startswith("_") and not member.is_alias
+                        if (not m.startswith("_") or m == "__call__") and not member.is_alias
                         and _is_method(member) and not member.docstring]
     return missing
 
