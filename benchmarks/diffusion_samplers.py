@@ -7,7 +7,7 @@
     python benchmarks/diffusion_samplers.py --samplers pis --targets many-well-54 \
         --loss log-variance --exploration 0.5                     # another training variant
     python benchmarks/diffusion_samplers.py --samplers cmcd scld --targets funnel \
-        --loss log-variance                                       # annealed samplers
+        --dynamics underdamped                                    # annealed samplers
     python benchmarks/diffusion_samplers.py --table               # the stored results
     python benchmarks/diffusion_samplers.py --memory              # peak memory of the MC drift
 
@@ -248,15 +248,21 @@ def run(sampler_name: str, target_name: str, seed: int, steps: int, train_iters:
 
 
 def run_annealed(sampler_name: str, target_name: str, seed: int, steps: int,
-                 train_iters: int | None, n: int, loss: str = "kl") -> dict:
-    """Train and evaluate `cmcd`/`scld` with the target's `ANNEALED_SETTINGS`."""
-    spec = {"name": sampler_name, "steps": steps, "loss": loss, **ANNEALED_SETTINGS[target_name]}
+                 train_iters: int | None, n: int, loss: str | None = None,
+                 dynamics: str = "overdamped") -> dict:
+    """Train and evaluate `cmcd`/`scld` with the target's `ANNEALED_SETTINGS` (and the
+    sampler's own loss unless `loss` is given; `kl` trains without a buffer)."""
+    spec = {"name": sampler_name, "steps": steps, "dynamics": dynamics, **ANNEALED_SETTINGS[target_name]}
+    if loss is not None:
+        spec |= {"loss": loss, "buffer": 0} if loss == "kl" else {"loss": loss}
     spec["train_iters"] = train_iters or spec["train_iters"]
     sampler = sdekit.compose(target_name, spec, controller={"name": "mlp", "seed": seed})
     target = sampler.target
+    label = variant(sampler.loss_name, 0.0) + ("+ud" if dynamics == "underdamped" else "")
     result = {
         "sampler": sampler_name, "target": target_name, "seed": seed, "steps": steps,
-        "variant": variant(loss, 0.0), "loss": loss, "train_iters": spec["train_iters"],
+        "variant": label, "loss": sampler.loss_name, "dynamics": dynamics,
+        "buffer": sampler.buffer, "train_iters": spec["train_iters"],
         "batch": sampler.batch, "n": n, "segments": sampler.segments,
         "true_log_Z": target.log_Z, "prior_scale": spec["prior_scale"],
         "step_size": spec["step_size"], "learning_rate": spec["learning_rate"],
@@ -320,8 +326,11 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=None,
                         help="Target evaluations per training-free run (default: what a "
                              "trained row spends on the same target).")
-    parser.add_argument("--loss", choices=("kl", "log-variance"), default=LOSS[0],
-                        help="Training loss of the trained samplers.")
+    parser.add_argument("--loss", choices=("kl", "log-variance"), default=None,
+                        help="Training loss of the trained samplers (default: kl; the "
+                             "annealed ones: their own).")
+    parser.add_argument("--dynamics", choices=("overdamped", "underdamped"), default="overdamped",
+                        help="Dynamics of the annealed samplers.")
     parser.add_argument("--exploration", type=float, default=LOSS[1],
                         help="Exploration of the log-variance loss (noise std x (1 + e)).")
     parser.add_argument("--nuts-chains", type=int, default=NUTS["chains"],
@@ -350,10 +359,10 @@ def main() -> None:
                     r = run_training_free(sampler, target, seed, args.n, budget)
                 elif sampler in ANNEALED:
                     r = run_annealed(sampler, target, seed, args.steps, args.train_iters,
-                                     args.n, args.loss)
+                                     args.n, args.loss, args.dynamics)
                 else:
                     r = run(sampler, target, seed, args.steps, args.train_iters, args.n,
-                            args.loss, args.exploration)
+                            args.loss or LOSS[0], args.exploration)
                 r["device"] = jax.devices()[0].device_kind
                 fresh.append(r)
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
