@@ -6,8 +6,6 @@ guide. Used by the build hook (`hooks.py`) and by `tests/test_docs.py`."""
 import re
 from pathlib import Path
 
-import griffe
-
 DOCS = Path(__file__).resolve().parents[1]
 ROOT = DOCS.parent
 #: Modules whose `__all__` is the public API.
@@ -47,6 +45,8 @@ def undocumented(docs: Path = DOCS) -> list[str]:
 def missing_docstrings(members: bool = True) -> list[str]:
     """Public names (and, with `members`, the public methods and properties of public
     classes) without a docstring; fields are described in their class's docstring."""
+    import griffe
+
     package = griffe.load("sdekit", search_paths=[str(ROOT)])
     missing = []
     for name in public_names():
@@ -63,6 +63,18 @@ def missing_docstrings(members: bool = True) -> list[str]:
 
 def _is_method(member) -> bool:
     return member.is_function or "property" in member.labels
+
+
+def interface_members() -> list[tuple[str, str]]:
+    """`(interface, member)` for every public member of the `Abstract*` classes of `sdekit`."""
+    import griffe
+
+    import sdekit
+
+    package = griffe.load("sdekit", search_paths=[str(ROOT)])
+    return [(name, member) for name in sdekit.__all__ if name.startswith("Abstract")
+            for member in package[name].final_target.members
+            if not member.startswith("_") or member == "__call__"]
 
 
 def hooks_missing_from(page: Path) -> list[str]:
