@@ -28,6 +28,10 @@ class Gaussian(sdekit.AbstractTarget):
     def log_prob(self, x):
         return LOG_Z + sdekit.gaussian_log_prob(x, M, S)
 
+    @property
+    def log_Z(self):
+        return LOG_Z
+
 
 def _moments(beta):
     precision = 1 - beta + beta / S**2
@@ -238,3 +242,25 @@ def test_training_with_a_buffer_resumes_to_the_same_state(tmp_path, monkeypatch)
     assert checkpoints[0].read_bytes() == checkpoints[1].read_bytes()  # buffer included
     state = sdekit._train._load_state(checkpoints[1], sdekit._train._init_state(sampler, ("elbo", "log_Z")))
     assert np.isfinite(np.asarray(state.loss_state.log_G)).sum() == 2 * 2 * 16  # full: 3 inserts
+
+
+def test_a_fitted_gaussian_standardises_the_target():
+    """`fit="laplace"` on a Gaussian finds its mean and scale exactly, so the sampler runs on
+    a standard normal: the untrained sampler's weights are nearly constant, log Z-hat is
+    log Z and the samples come back in the target's coordinates. `"auto"` does not fit a
+    target whose log Z is known, and fits one whose log Z is unknown."""
+    sampler = AnnealedSampler(Gaussian(), steps=16, step_size=0.01, fit="laplace")
+    np.testing.assert_allclose(sampler.path.target.scale, S, rtol=1e-3)
+    out, n = sampler.sample(jax.random.key(13), 20_000), 20_000
+    e = float(ess(out.log_weights))
+    assert e > 0.99 and abs(float(sdekit.log_Z_estimate(out.log_weights)) - LOG_Z) < 5 * math.sqrt((1 / e - 1) / n) + 1e-3
+    np.testing.assert_array_less(np.abs(np.asarray(out.x).mean(0) - M), 5 * np.asarray(S) / math.sqrt(n))
+    assert sampler.target is sampler.path.target.target and sampler.fit_evaluations > 0
+    assert AnnealedSampler(Gaussian(), steps=4).fit_evaluations == 0
+
+    class Unknown(Gaussian):
+        @property
+        def log_Z(self):
+            return None
+
+    assert AnnealedSampler(Unknown(), steps=4).fit_evaluations > 0

@@ -22,6 +22,35 @@ def cosine_decay(K: int, floor: float = 0.01) -> Float[Array, " K"]:
     return (1 - floor) * jnp.cos(0.5 * jnp.pi * u) ** 2 + floor
 
 
+class Standardised(AbstractTarget):
+    r"""`target` in the coordinates $y = (x - \mu)/s$ of a fitted Gaussian
+    $\mathcal N(\mu, \mathrm{diag}(s)^2)$: $\log\gamma_y(y) = \log\gamma(\mu + s\,y) +
+    \sum_i \log s_i$, the same normalising constant. A sampler run in these coordinates
+    sees a target of scale about 1 whatever the model's units."""
+
+    target: AbstractTarget
+    mean: Float[Array, " d"]
+    scale: Float[Array, " d"]
+
+    @property
+    def dim(self) -> int:
+        return self.target.dim
+
+    def log_prob(self, y: Float[Array, " d"]) -> Scalar:
+        return self.target.log_prob(self.to_target(y)) + jnp.sum(jnp.log(self.scale))
+
+    @property
+    def log_Z(self) -> float | None:
+        return self.target.log_Z
+
+    def to_target(self, y: Float[Array, "... d"]) -> Float[Array, "... d"]:
+        r"""The target's coordinates $x = \mu + s\,y$."""
+        return self.mean + self.scale * y
+
+    def from_target(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:
+        return (x - self.mean) / self.scale
+
+
 class AnnealedPath(eqx.Module):
     r"""The geometric path $\pi_\beta \propto \nu^{1-\beta}\gamma^{\beta}$ and its schedule.
 

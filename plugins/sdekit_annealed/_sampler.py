@@ -24,10 +24,11 @@ from sdekit.metrics import ess
 
 from ._buffer import Buffer
 from ._mcmc import mala_moves
-from ._path import AnnealedPath, LangevinKernels
+from ._path import AnnealedPath, LangevinKernels, Standardised
 from ._underdamped import PhaseSpace, Underdamped, UnderdampedKernels
 
 LOSSES = ("kl", "log-variance")
+FITS = ("auto", "mean-field", "laplace", "off")
 DYNAMICS = ("overdamped", "underdamped")
 
 
@@ -76,6 +77,13 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
     are consistent. With $S = 1$ this is CMCD: $\log w = \log\gamma(x_K) - \log\nu(x_0) +
     \sum_k \log B_k - \log F_k$, exact for any $K$.
 
+    `fit` runs the sampler in the coordinates of a diagonal Gaussian fitted to the target
+    (`sdekit.fit_gaussian`, then `Standardised`): `"auto"` (the default) fits by mean-field
+    when the target's $\log Z$ is unknown (users' models: NumPyro, log-density files) and
+    not for benchmark targets; `"mean-field"`/`"laplace"` always, `"off"` never. The prior
+    $\mathcal N(0, \text{prior\_scale}^2)$ and the step sizes are then in the fit's units;
+    samples are returned in the target's.
+
     `dynamics="underdamped"` runs the same scheme on position and velocity
     (`UnderdampedKernels`: an Ornstein–Uhlenbeck refresh of the velocity with friction
     $\gamma$ and mass $m$, then a leapfrog step), the densities extended by
@@ -103,6 +111,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
     buffer: int = eqx.field(static=True)
     batch: int = eqx.field(static=True)
     learned: tuple[str, ...] = eqx.field(static=True)
+    fit_evaluations: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -116,6 +125,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         prior_scale: float = 1.0,
         step_size: float = 0.1,
         score_clip: float | None = None,
+        fit: str = "auto",
         loss: str = "kl",
         buffer: int = 0,
         dynamics: str = "overdamped",
@@ -133,8 +143,14 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
     ):
         _check_options(steps, segments, resample_threshold, mcmc_steps, mcmc_step_size,
                        prior_scale, step_size, score_clip, loss, buffer, batch, dynamics, friction,
-                       mass)
+                       mass, fit)
         target = sdekit.resolve_part("target", target)
+        method = ("mean-field" if target.log_Z is None else "off") if fit == "auto" else fit
+        self.fit_evaluations = 0
+        if method != "off":
+            gaussian = sdekit.fit_gaussian(target, jax.random.key(0), method=method)
+            target = Standardised(target, gaussian.mean, gaussian.scale)
+            self.fit_evaluations = _fit_evaluations(method, target.dim)
         self.path = AnnealedPath(target, steps, prior_scale, step_size, score_clip)
         self.dynamics = None
         if dynamics == "underdamped":
@@ -154,7 +170,12 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
 
     @property
     def target(self):
-        return self.path.target
+        target = self.path.target
+        return target.target if isinstance(target, Standardised) else target
+
+    def _to_target(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        target = self.path.target
+        return target.to_target(x) if isinstance(target, Standardised) else x
 
     def trainable(self) -> PyTree[bool]:
         """The controller and, as `learn_*` says, the schedule, step sizes, prior, friction
@@ -229,13 +250,14 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
 
     def sample(self, key: PRNGKeyArray, n: int) -> Samples:
         x, log_w, _ = self._run_jit(key, n)
-        return Samples(self.kernels().position(x), log_w)
+        return Samples(self._to_target(self.kernels().position(x)), log_w)
 
     def target_evaluations(self, n: int) -> int:
         """Evaluations of $\\log\\gamma$ or its gradient: one gradient a state (shared by
         the kernels on either side; each segment starts anew, $K/S + 1$ states), two
-        values a segment (its end densities) and one value with gradient a MALA move."""
-        return n * (self.path.steps + (3 + self.mcmc_steps) * self.segments)
+        values a segment (its end densities) and one value with gradient a MALA move;
+        plus the Gaussian fit's, if any."""
+        return n * (self.path.steps + (3 + self.mcmc_steps) * self.segments) + self.fit_evaluations
 
     def sample_with_stats(self, key: PRNGKeyArray, n: int) -> tuple[Samples, dict[str, Any]]:
         x, log_w, segments = self._run_jit(key, n)
@@ -246,7 +268,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         }
         if self.mcmc_steps:
             stats["mcmc_acceptance"] = float(jnp.mean(segments.acceptance))
-        return Samples(self.kernels().position(x), log_w), stats
+        return Samples(self._to_target(self.kernels().position(x)), log_w), stats
 
     @eqx.filter_jit
     def backward_log_weights(self, key: PRNGKeyArray, x: Float[Array, "n d"]) -> Float[Array, " n"]:
@@ -256,6 +278,8 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         drawn from $\mathcal N(0, m^2)$."""
         kernels = self.kernels()
         k_v, k_path = jax.random.split(key)
+        if isinstance(self.path.target, Standardised):
+            x = self.path.target.from_target(x)
         p = sdekit.simulate_backward(k_path, kernels.extend(k_v, x), self.path.grid(), kernels.forward,
                                      kernels.backward, point=kernels.point, move_back=kernels.move_back)
         return sdekit.backward_log_weights(p, functools.partial(kernels.log_density, 1.0),
@@ -316,13 +340,20 @@ def _stats(seg: Segments, log_w: Float[Array, " n"]) -> dict[str, Scalar]:
             "log_Z": jax.lax.stop_gradient(log_Z_estimate(log_w))}
 
 
+def _fit_evaluations(method: str, dim: int) -> int:
+    """Target evaluations of `sdekit.fit_gaussian` with its defaults: mean-field, 2000 Adam
+    steps of 64 draws and 1024 draws to evaluate; Laplace, 4 starts of at most 500 L-BFGS
+    iterations (counted as one evaluation each; line searches add some) and a Hessian."""
+    return 2000 * 64 + 1024 if method == "mean-field" else 4 * 500 + dim
+
+
 def _states(s, t, x, x_new, log_ratio):
     return x_new
 
 
 def _check_options(steps, segments, resample_threshold, mcmc_steps, mcmc_step_size,
                    prior_scale, step_size, score_clip, loss, buffer, batch, dynamics, friction,
-                   mass) -> None:
+                   mass, fit) -> None:
     """`ValueError` naming the first bad option."""
     integers = (("steps", steps, 1), ("segments", segments, 1), ("mcmc_steps", mcmc_steps, 0),
                 ("buffer", buffer, 0), ("batch", batch, 2))
@@ -345,6 +376,8 @@ def _check_options(steps, segments, resample_threshold, mcmc_steps, mcmc_step_si
     if buffer and loss != "log-variance":
         raise ValueError(f"a buffer (buffer={buffer}) trains by loss='log-variance', not {loss!r}; "
                          f"set buffer=0 or loss='log-variance'")
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
     if dynamics not in DYNAMICS:
         raise ValueError(f"dynamics must be one of {DYNAMICS}, got {dynamics!r}")
 
@@ -370,7 +403,10 @@ def _factory(name: str, summary: str, **defaults: Any):
     `mcmc_steps` MALA moves (from `mcmc_step_size`, adapted) after each segment. Training
     (`sdekit.train`): `loss` (`"kl"` or `"log-variance"`), `batch` paths a step,
     `train_iters` Adam steps at peak `learning_rate` (cosine decay), gradient norm clipped to
-    `grad_clip` (0: none); `buffer`: a replay buffer of that many batches per segment for
+    `grad_clip` (0: none); `fit`: run in the coordinates of a diagonal Gaussian fitted to
+    the target (`"auto"`: by mean-field when its log Z is unknown, as for NumPyro models and
+    log-density files; `"mean-field"`, `"laplace"`, `"off"`), the prior and step sizes then
+    in its units; `buffer`: a replay buffer of that many batches per segment for
     the log-variance loss (0: off); the control always learns, and `learn_schedule`,
     `learn_step_size`, `learn_prior` say whether $\\beta_k$, $\\varepsilon_k$ and the prior's
     mean and scale do. `dynamics="underdamped"`: position and velocity, an exact
