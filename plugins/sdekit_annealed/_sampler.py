@@ -13,6 +13,7 @@ import sdekit
 from sdekit import (
     AbstractController,
     AbstractPathSampler,
+    AbstractTarget,
     AbstractTrainable,
     Samples,
     Spec,
@@ -144,13 +145,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         _check_options(steps, segments, resample_threshold, mcmc_steps, mcmc_step_size,
                        prior_scale, step_size, score_clip, loss, buffer, batch, dynamics, friction,
                        mass, fit)
-        target = sdekit.resolve_part("target", target)
-        method = ("mean-field" if target.log_Z is None else "off") if fit == "auto" else fit
-        self.fit_evaluations = 0
-        if method != "off":
-            gaussian = sdekit.fit_gaussian(target, jax.random.key(0), method=method)
-            target = Standardised(target, gaussian.mean, gaussian.scale)
-            self.fit_evaluations = _fit_evaluations(method, target.dim)
+        target, self.fit_evaluations = _fitted(sdekit.resolve_part("target", target), fit)
         self.path = AnnealedPath(target, steps, prior_scale, step_size, score_clip)
         self.dynamics = None
         if dynamics == "underdamped":
@@ -340,11 +335,18 @@ def _stats(seg: Segments, log_w: Float[Array, " n"]) -> dict[str, Scalar]:
             "log_Z": jax.lax.stop_gradient(log_Z_estimate(log_w))}
 
 
-def _fit_evaluations(method: str, dim: int) -> int:
-    """Target evaluations of `sdekit.fit_gaussian` with its defaults: mean-field, 2000 Adam
-    steps of 64 draws and 1024 draws to evaluate; Laplace, 4 starts of at most 500 L-BFGS
-    iterations (counted as one evaluation each; line searches add some) and a Hessian."""
-    return 2000 * 64 + 1024 if method == "mean-field" else 4 * 500 + dim
+def _fitted(target: AbstractTarget, fit: str) -> tuple[AbstractTarget, int]:
+    """`target` in the coordinates of a Gaussian fitted as `fit` says (with a fixed key:
+    the fit is part of the sampler's construction), and the fit's target evaluations with
+    `sdekit.fit_gaussian`'s defaults: mean-field, 2000 Adam steps of 64 draws and 1024
+    draws to evaluate; Laplace, 4 starts of at most 500 L-BFGS iterations (counted as one
+    evaluation each; line searches add some) and a Hessian. Without a fit: `target`, 0."""
+    method = ("mean-field" if target.log_Z is None else "off") if fit == "auto" else fit
+    if method == "off":
+        return target, 0
+    gaussian = sdekit.fit_gaussian(target, jax.random.key(0), method=method)
+    evaluations = 2000 * 64 + 1024 if method == "mean-field" else 4 * 500 + target.dim
+    return Standardised(target, gaussian.mean, gaussian.scale), evaluations
 
 
 def _states(s, t, x, x_new, log_ratio):
