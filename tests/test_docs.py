@@ -118,7 +118,7 @@ def test_the_plugin_guides_complete_plugin_passes_the_guides_tests(tmp_path, mon
         tests: dict = {}
         exec(_guide_block("# tests/test_my_plugin.py"), tests)
         names = [n for n in tests if n.startswith("test_")]
-        assert len(names) == 4
+        assert len(names) == 5
         for name in names:
             tests[name]()
     finally:
