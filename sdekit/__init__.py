@@ -6,6 +6,7 @@ sampler and diagnostic comes from a plugin, first-party ones included.
 
 import importlib.metadata
 
+from . import _xla  # noqa: F401  first: XLA_FLAGS must be set before JAX starts its backend
 from ._compose import Spec, check_dims, compose, create, resolve_part
 from ._diagnostic import AbstractDiagnostic
 from ._errors import CompositionError, PluginError, SdekitError, TargetError, UnknownNameError
