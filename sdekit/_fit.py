@@ -102,7 +102,6 @@ def _lbfgs(neg_log_prob, x0: Float[Array, " d"], max_iters: Int[Array, ""]):
     return x, neg_log_prob(x), otu.tree_get(state, "count")
 
 
-@eqx.filter_jit
 def _laplace(target: AbstractTarget, starts: Float[Array, "m d"], max_iters: Int[Array, ""],
              tol: Scalar) -> tuple[GaussianFit, Scalar]:
     """L-BFGS from each start; the Laplace fit at the best end point, and the smallest
@@ -132,6 +131,9 @@ def _laplace(target: AbstractTarget, starts: Float[Array, "m d"], max_iters: Int
     return fit, smallest
 
 
+_laplace_jit = eqx.filter_jit(_laplace)
+
+
 # --------------------------------------------------------------------------------------
 # mean-field
 
@@ -143,47 +145,73 @@ def _elbo_terms(log_prob, mean, log_scale, eps: Float[Array, "n d"]) -> Float[Ar
     return jax.vmap(log_prob)(x) - log_q
 
 
-def _mean_field_steps(target: AbstractTarget, key: PRNGKeyArray, init: Float[Array, " d"],
-                      steps: int, batch: int, learning_rate: Scalar):
-    """`steps` Adam steps on minus the ELBO of `(mean, log scale)`, reparameterised
-    gradients from `batch` draws, the learning rate cosine-decayed to zero."""
+def _mean_field_steps(target: AbstractTarget, key: PRNGKeyArray, mean0: Float[Array, " d"],
+                      scale0: Float[Array, " d"], steps: int, batch: int,
+                      learning_rate: Scalar) -> tuple[Array, Array]:
+    """`steps` Adam steps on minus the ELBO, reparameterised gradients from `batch` draws,
+    the learning rate cosine-decayed to zero; `(mean, log scale)`. The parameters are
+    `mean0 + scale0 * u` and `log(scale0) + v`: Adam moves `(u, v)`, in units of `scale0`."""
     opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
-    params = (init, jnp.zeros_like(init))
+
+    def natural(p):
+        return mean0 + scale0 * p[0], jnp.log(scale0) + p[1]
 
     def loss(p, eps):
-        return -jnp.mean(_elbo_terms(target.log_prob, p[0], p[1], eps))
+        return -jnp.mean(_elbo_terms(target.log_prob, *natural(p), eps))
 
     def step(carry, k):
         p, state = carry
-        eps = jax.random.normal(k, (batch, init.shape[0]), init.dtype)
-        value, grad = jax.value_and_grad(loss)(p, eps)
+        eps = jax.random.normal(k, (batch, mean0.shape[0]), mean0.dtype)
+        grad = jax.grad(loss)(p, eps)
         updates, state = opt.update(grad, state, p)
-        return (optax.apply_updates(p, updates), state), value
+        return (optax.apply_updates(p, updates), state), None
 
+    params = (jnp.zeros_like(mean0), jnp.zeros_like(mean0))
     (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, steps))
-    return params
+    return natural(params)
+
+
+def _mean_field_starts(target: AbstractTarget, starts: Float[Array, "m d"],
+                       laplace_options: tuple[Array, Scalar]) -> tuple[Array, Array]:
+    """`(means, scales)`, `(2, d)`: the Laplace fit where it exists (else the first start
+    and unit scales again), and the first start with unit scales."""
+    laplace, smallest = _laplace(target, starts, *laplace_options)
+    usable = (smallest > 0) & jnp.all(jnp.isfinite(laplace.mean) & jnp.isfinite(laplace.scale)
+                                      & (laplace.scale > 0))
+    ones = jnp.ones_like(starts[0])
+    means = jnp.stack([jnp.where(usable, laplace.mean, starts[0]), starts[0]])
+    scales = jnp.stack([jnp.where(usable, laplace.scale, ones), ones])
+    return means, scales
 
 
 @eqx.filter_jit
-def _mean_field(target: AbstractTarget, key: PRNGKeyArray, init: Float[Array, " d"],
-                steps: int, batch: int, learning_rate: Scalar, eval_draws: int,
-                threshold: Scalar) -> GaussianFit:
-    """The mean-field fit, its ELBO and the gradient test on `eval_draws` fresh draws."""
+def _mean_field(target: AbstractTarget, key: PRNGKeyArray, starts: Float[Array, "m d"],
+                laplace_options: tuple[Array, Scalar], steps: int, batch: int,
+                learning_rate: Scalar, eval_draws: int, threshold: Scalar) -> GaussianFit:
+    """Mean-field fits from the Laplace fit and from `starts[0]` with unit scales; the one
+    with the higher ELBO on `eval_draws` fresh draws, and its gradient test."""
     k_fit, k_eval = jax.random.split(key)
-    mean, log_scale = _mean_field_steps(target, k_fit, init, steps, batch, learning_rate)
-    eps = jax.random.normal(k_eval, (eval_draws, init.shape[0]), init.dtype)
-    terms = _elbo_terms(target.log_prob, mean, log_scale, eps)
+    means0, scales0 = _mean_field_starts(target, starts, laplace_options)
+    means, log_scales = jax.vmap(
+        lambda m, s: _mean_field_steps(target, k_fit, m, s, steps, batch, learning_rate)
+    )(means0, scales0)
+    eps = jax.random.normal(k_eval, (eval_draws, means.shape[1]), means.dtype)
 
     def per_draw(p, e):
         return _elbo_terms(target.log_prob, p[0], p[1], e[None])[0]
 
-    g = jax.vmap(jax.grad(per_draw), in_axes=(None, 0))((mean, log_scale), eps)
-    g = jnp.concatenate(g, axis=1)  # (eval_draws, 2d): d/d mean, d/d log scale
+    def terms_and_grads(mean, log_scale):
+        return jax.vmap(jax.value_and_grad(per_draw), in_axes=(None, 0))((mean, log_scale), eps)
+
+    terms, grads = jax.vmap(terms_and_grads)(means, log_scales)
+    elbos = jnp.mean(terms, axis=1)
+    best = jnp.argmax(jnp.where(jnp.isnan(elbos), -jnp.inf, elbos))
+    g = jnp.concatenate([grads[0][best], grads[1][best]], axis=1)  # (eval_draws, 2d)
     g_mean, g_se = jnp.mean(g, axis=0), jnp.std(g, axis=0) / jnp.sqrt(eval_draws)
     statistic = jnp.sum((g_mean / jnp.where(g_se > 0, g_se, 1.0)) ** 2)
-    elbo = jnp.mean(terms)
-    return GaussianFit(mean, jnp.exp(log_scale), "mean-field", elbo, elbo,
-                       jnp.asarray(steps), jnp.linalg.norm(g_mean), statistic <= threshold)
+    return GaussianFit(means[best], jnp.exp(log_scales[best]), "mean-field", elbos[best],
+                       elbos[best], jnp.asarray(steps), jnp.linalg.norm(g_mean),
+                       statistic <= threshold)
 
 
 # --------------------------------------------------------------------------------------
@@ -256,10 +284,14 @@ def fit_gaussian(
     r"""A diagonal Gaussian $\mathcal N(\mu, \mathrm{diag}(s)^2)$ fitted to `target`.
 
     - `method="mean-field"` (the default): maximises the ELBO of
-      $q = \mathcal N(\mu, \mathrm{diag}(s)^2)$ over $(\mu, \log s)$, from $(\mathrm{init}, 0)$,
-      by `steps` Adam steps (learning rate `learning_rate`, cosine-decayed to zero) on
-      reparameterised gradients from `batch` draws; `eval_draws` fresh draws estimate the
-      final ELBO and test convergence. On a Gaussian target $\mu$ is its mean and
+      $q = \mathcal N(\mu, \mathrm{diag}(s)^2)$ over $(\mu, \log s)$ by `steps` Adam steps
+      (learning rate `learning_rate`, cosine-decayed to zero) on reparameterised gradients
+      from `batch` draws, twice: from the Laplace fit (where it exists) and from `init`
+      with unit scales; the fit with the higher ELBO on `eval_draws` fresh draws is kept,
+      and they test its convergence. Each run's steps are taken in units of its starting
+      scale, so a posterior far from the origin or from unit scale (a mean of 1000, sds of
+      0.01) is fitted as well as a standardised one; the start from `init` keeps the fit
+      out of a spurious mode such as a funnel's neck. On a Gaussian target $\mu$ is its mean and
       $s_i^2 = 1/P_{ii}$ ($P$ the precision): the *conditional* variances, smaller than
       the marginal ones when coordinates are correlated.
     - `method="laplace"`: the mode $\mu$ of $\log\gamma$ by L-BFGS with a zoom line search
@@ -297,15 +329,16 @@ def fit_gaussian(
     _check_key(key)
     target = resolve_part("target", target)
     x0 = _start(target, init)
+    noise = jax.random.normal(jax.random.fold_in(key, 1), (starts - 1, target.dim), x0.dtype)
+    points = jnp.concatenate([x0[None], x0 + noise])
+    laplace_options = (jnp.asarray(max_iters), jnp.asarray(tol, x0.dtype))
     if method == "laplace":
-        noise = jax.random.normal(key, (starts - 1, target.dim), x0.dtype)
-        fit, smallest = _laplace(target, jnp.concatenate([x0[None], x0 + noise]),
-                                 jnp.asarray(max_iters), jnp.asarray(tol, x0.dtype))
+        fit, smallest = _laplace_jit(target, points, *laplace_options)
         _check_hessian(target, fit, float(smallest))
     else:
-        threshold = float(scipy.stats.chi2.ppf(0.999, 2 * target.dim))
-        fit = _mean_field(target, key, x0, steps, batch, jnp.asarray(learning_rate, x0.dtype),
-                          eval_draws, jnp.asarray(threshold, x0.dtype))
+        threshold = jnp.asarray(scipy.stats.chi2.ppf(0.999, 2 * target.dim), x0.dtype)
+        fit = _mean_field(target, key, points, laplace_options, steps, batch,
+                          jnp.asarray(learning_rate, x0.dtype), eval_draws, threshold)
     _check_finite(target, fit)
     return fit
 
