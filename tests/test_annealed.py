@@ -215,7 +215,7 @@ def test_rescoring_stored_paths_gives_their_simulated_weights(dynamics):
     np.testing.assert_allclose(sampler.rescore(seg.paths), seg.log_G, rtol=1e-4, atol=1e-4)
 
 
-def test_training_with_a_buffer_resumes_to_the_same_state(tmp_path, monkeypatch):
+def test_training_with_a_buffer_resumes_to_the_same_state(tmp_path, interrupted_training):
     """The buffer is part of the checkpoint: an interrupted run, resumed, ends with the
     parameters and the buffer of an uninterrupted one."""
     sampler = AnnealedSampler(Gaussian(), steps=8, segments=2, loss="log-variance", buffer=2,
@@ -223,18 +223,7 @@ def test_training_with_a_buffer_resumes_to_the_same_state(tmp_path, monkeypatch)
     sampler = eqx.tree_at(lambda s: s.train_options, sampler, sdekit.TrainOptions(steps=6, chunk=2))
     checkpoints = tmp_path / "reference.eqx", tmp_path / "resumed.eqx"
     reference, _ = sdekit.train(sampler, jax.random.key(12), checkpoint=checkpoints[0], progress=False)
-    run_chunk, calls = sdekit._train._run_chunk, []
-
-    def interrupted(*args):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return run_chunk(*args)
-
-    monkeypatch.setattr(sdekit._train, "_run_chunk", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        sdekit.train(sampler, jax.random.key(12), checkpoint=checkpoints[1], progress=False)
-    monkeypatch.setattr(sdekit._train, "_run_chunk", run_chunk)
+    interrupted_training(sampler, jax.random.key(12), checkpoints[1])
     resumed, _ = sdekit.train(sampler, jax.random.key(12), checkpoint=checkpoints[1], progress=False)
     for a, b in zip(jax.tree.leaves(eqx.filter(reference, eqx.is_array)),
                     jax.tree.leaves(eqx.filter(resumed, eqx.is_array))):

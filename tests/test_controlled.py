@@ -179,26 +179,14 @@ def test_training_improves_the_elbo_steadily():
     assert elbo < 0.0 < eubo  # log Z = 0 lies between the bounds
 
 
-def test_interrupted_training_resumes_to_the_same_parameters(tmp_path, monkeypatch):
+def test_interrupted_training_resumes_to_the_same_parameters(tmp_path, interrupted_training):
     target = sdekit.create("target", "gaussian", dim=2)
     model = _small_pis(target, train_iters=60)
     model = eqx.tree_at(lambda m: m.train_options, model, sdekit.TrainOptions(steps=60, chunk=20))
     reference, _ = sdekit.train(model, jax.random.key(5), progress=False)
 
     path = tmp_path / "checkpoint.eqx"
-    run_chunk = sdekit._train._run_chunk
-    calls = []
-
-    def interrupted(*args):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return run_chunk(*args)
-
-    monkeypatch.setattr(sdekit._train, "_run_chunk", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        sdekit.train(model, jax.random.key(5), checkpoint=path, progress=False)
-    monkeypatch.setattr(sdekit._train, "_run_chunk", run_chunk)
+    interrupted_training(model, jax.random.key(5), path)
     resumed, history = sdekit.train(model, jax.random.key(5), checkpoint=path, progress=False)
     assert not np.isnan(history["loss"]).any()
     for a, b in zip(jax.tree.leaves(eqx.filter(reference, eqx.is_array)),
