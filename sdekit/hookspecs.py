@@ -20,34 +20,49 @@ hookimpl = pluggy.HookimplMarker("sdekit")
 
 @hookspec
 def register_targets(register):
-    """Register unnormalised target densities (`AbstractTarget` factories)."""
+    """Register unnormalised target densities: `register(name, factory)` for each, where
+    `factory(**options)` returns an `AbstractTarget`.
+
+    ```python
+    @sdekit.hookimpl
+    def register_targets(register):
+        register("banana", Banana)
+    ```
+    """
 
 
 @hookspec
 def register_processes(register):
-    """Register forward SDEs (`AbstractProcess` factories)."""
+    """Register forward SDEs: `register(name, factory)`, where `factory(**options)`
+    returns an `AbstractProcess`."""
 
 
 @hookspec
 def register_scores(register):
-    """Register scores and drifts (`AbstractScore` factories)."""
+    """Register scores and drifts: `register(name, factory)`, where `factory(**options)`
+    returns an `AbstractScore` and may take the parts `target` and `process`."""
 
 
 @hookspec
 def register_controllers(register):
-    """Register learnable drift parameterisations (`AbstractController` factories)."""
+    """Register learnable drifts: `register(name, factory)`, where
+    `factory(target=..., seed=..., **options)` returns an `AbstractController` (it may
+    take `process` too)."""
 
 
 @hookspec
 def register_samplers(register):
-    """Register samplers (`AbstractSampler` factories)."""
+    """Register samplers: `register(name, factory)`, where `factory(**options)` returns an
+    `AbstractSampler` and may take the parts `target`, `process`, `score`, `controller`."""
 
 
 @hookspec
 def register_diagnostics(register):
-    """Register diagnostics and metrics (`AbstractDiagnostic` factories)."""
+    """Register diagnostics: `register(name, factory)`, where `factory(**options)` returns
+    an `AbstractDiagnostic`."""
 
 
 @hookspec
 def register_commands(cli):
-    """Add click commands to the `sdekit` command group `cli`."""
+    """Add click commands to `cli`, the `sdekit` click group: `cli.add_command(command)`.
+    A plugin may not replace or remove another's command."""
