@@ -46,7 +46,7 @@ from ._train import (
 )
 from . import io, metrics
 from ._config import ConfigError, check_section, derive_seed, load_config, parse_set, resolve_config
-from ._run import Run, RunError, RunWarning, diagnose, load_run, run
+from ._run import Run, RunError, RunFailed, RunWarning, diagnose, load_run, run
 from ._suggest import did_you_mean
 from .hookspecs import hookimpl
 
@@ -56,6 +56,7 @@ __all__ = [
     "ConfigError",
     "Run",
     "RunError",
+    "RunFailed",
     "RunWarning",
     "check_section",
     "derive_seed",
