@@ -34,24 +34,40 @@ from ._errors import PluginError, SdekitError
 from ._log_density import npz_arrays
 from ._plot import figure_png, plot_png
 from ._plugins import registry
-from ._sampler import AbstractSampler, Samples
-from ._target import AbstractTarget
+from ._sampler import AbstractDiffusionSampler, AbstractSampler, Samples
+from ._target import AbstractTarget, float32_hint
 from ._target_spec import short_name
 from ._train import AbstractTrainable, load_checkpoint, train
 
-__all__ = ["Run", "RunError", "RunWarning", "compose_config", "diagnose", "load_run", "run"]
+__all__ = ["Run", "RunError", "RunFailed", "RunWarning", "compose_config", "diagnose", "load_run",
+           "run"]
 
 #: The files a finished run directory holds.
 OUTPUT_FILES = ("samples.npz", "metrics.json", "samples.png", "config.toml")
 #: Diagnostics a run computes after sampling, those that are registered.
 DEFAULT_DIAGNOSTICS = ("weights", "sample-quality")
 #: Keys of `Run.metrics` that describe the run rather than measure the samples.
-RUN_KEYS = ("n", "dim", "seed", "has_log_weights", "train_seconds", "compile_seconds",
+RUN_KEYS = ("status", "n", "dim", "seed", "has_log_weights", "train_seconds", "compile_seconds",
             "sample_seconds", "diagnostic_seconds", "diagnostic_errors")
+#: A run fails (`RunFailed`) when more than this fraction of its samples (a sample with any
+#: non-finite coordinate), or of its log-weights, is not finite.
+MAX_NONFINITE_FRACTION = 0.5
 
 
 class RunError(SdekitError):
     """A check inside a compiled sampler failed at run time (`equinox.error_if`)."""
+
+
+class RunFailed(SdekitError):
+    """A run that produced nothing usable: more than `MAX_NONFINITE_FRACTION` of its samples
+    or of its log-weights are not finite. The message names the likely cause and what to
+    try; `run` is the `Run` (samples included, `metrics["status"] == "failed"`). Its
+    directory holds `metrics.json` (`"status": "failed"`, `"error"`) and `config.toml`, and
+    no `samples.npz` or `samples.png`."""
+
+    def __init__(self, message: str, run: "Run"):
+        super().__init__(message)
+        self.run = run
 
 
 class RunWarning(UserWarning):
@@ -71,7 +87,8 @@ class Run:
     - `target`: the target sampled (`None` for a run that learns from data, such as
       `sdekit train-score`'s).
     - `samples`: the `Samples` drawn (`x`, and `log_weights` where the sampler gives them).
-    - `metrics`: what `metrics.json` holds: `n`, `dim`, `seed`, `n_nonfinite`,
+    - `metrics`: what `metrics.json` holds: `status` (`"ok"`, or `"failed"` with `error`
+      on a `RunFailed`), `n`, `dim`, `seed`, `n_nonfinite`,
       `has_log_weights`, timings, and the diagnostics' values (e.g. `log_Z`, `ess`).
     - `directory`: where the run's files are, or `None` for a run not written.
     """
@@ -160,6 +177,68 @@ def _sample(sampler: AbstractSampler, cfg: Mapping[str, Any], strict: bool
         "has_log_weights": samples.log_weights is not None,
         "compile_seconds": t1 - t0, "sample_seconds": t2 - t1,
     }
+
+
+def _scale_hint(sampler: AbstractSampler) -> str:
+    if not isinstance(sampler, AbstractDiffusionSampler):
+        return ""
+    p = sampler.process
+    scale = max(float(p.reference_std(p.t_min)), float(p.reference_std(p.t_max)))
+    return f" (this process's reference std is {scale:.3g})"
+
+
+def _diverged(sampler: AbstractSampler, bad: int, n: int) -> str:
+    trains = ("training diverged (lower --set sampler.learning_rate), "
+              if isinstance(sampler, AbstractTrainable) else "")
+    return (f"{bad} of {n} samples are not finite: the sampler diverged. Likely causes: "
+            f"{trains}a reference scale far from the target's{_scale_hint(sampler)}, too few "
+            f"steps for the drift, or float32 overflow. Try more steps (--steps), a process "
+            f"scale near the target's (--set process.sigma=...), or JAX_ENABLE_X64=1")
+
+
+def _bad_weights(target: AbstractTarget, x: np.ndarray, bad: int, n: int) -> str:
+    """Why log-weights are not finite: the target's log-density at the samples, or not."""
+    rows = np.flatnonzero(np.all(np.isfinite(x), axis=1))
+    values = np.asarray(jax.vmap(target.log_prob)(jnp.asarray(x[rows])))
+    off = np.flatnonzero(~np.isfinite(values))
+    head = f"{bad} of {n} log-weights are not finite"
+    if len(off) == 0:
+        return (f"{head}, though the target's log-density is finite at the samples: the "
+                f"sampler's path weights overflowed. Try more steps (--steps), a process scale "
+                f"near the target's, or JAX_ENABLE_X64=1")
+    points = x[rows[off]]
+    return (f"{head}: the target's log-density is {values[off[0]]} at {len(off)} of the "
+            f"samples, e.g. x = {_fmt_point(points[0])}{float32_hint(target, points[:8])}")
+
+
+def _fmt_point(x: np.ndarray) -> str:
+    return np.array2string(x, precision=4, separator=", ", threshold=8, edgeitems=3)
+
+
+def _failure(sampler: AbstractSampler, target: AbstractTarget, samples: Samples) -> str | None:
+    """Why the run produced nothing usable, or `None` (see `MAX_NONFINITE_FRACTION`)."""
+    x = np.asarray(samples.x)
+    n, bad_x = x.shape[0], int(np.sum(~np.all(np.isfinite(x), axis=1)))
+    if bad_x > MAX_NONFINITE_FRACTION * n:
+        return _diverged(sampler, bad_x, n)
+    if samples.log_weights is None:
+        return None
+    bad_w = int(np.sum(~np.isfinite(np.asarray(samples.log_weights))))
+    if bad_w > MAX_NONFINITE_FRACTION * n:
+        return _bad_weights(target, x, bad_w, n)
+    return None
+
+
+def _fail(result: "Run", message: str) -> None:
+    """Mark `result` failed, in its metrics and directory (no samples written), and raise."""
+    result.metrics.update(status="failed", error=message)
+    where = ""
+    if result.directory is not None:
+        io.write_files(result.directory, {
+            "metrics.json": io.json_dumps(result.metrics), "samples.npz": None,
+            "samples.png": None, "config.toml": io.toml_dumps(result.config)})
+        where = f" ({result.directory / 'metrics.json'} marks the run failed)"
+    raise RunFailed(f"run failed: {message}{where}", result)
 
 
 def _one_line(text: str) -> str:
@@ -281,16 +360,24 @@ def run(
     `DEFAULT_DIAGNOSTICS`, those registered) run with key `fold_in(key, 1)`; one that
     fails is reported in `metrics["diagnostic_errors"]` and a `RunWarning`.
 
-    With `out`, the files `OUTPUT_FILES` are written atomically at the end, and only if
-    the run succeeds. `strict=True` raises what would otherwise be a warning.
+    A run whose samples or log-weights are mostly not finite (`MAX_NONFINITE_FRACTION`)
+    raises `RunFailed`, naming the likely cause and what to try, before any diagnostic;
+    with `out` it writes `metrics.json` with `"status": "failed"` and the message, and
+    removes any `samples.npz` and `samples.png` there. Otherwise, with `out`, the files
+    `OUTPUT_FILES` are written atomically at the end (`metrics["status"]` is `"ok"`).
+    `strict=True` raises what would otherwise be a warning.
     """
     out = None if out is None else io.check_writable_dir(out)
     cfg = _config_of(config, out, resume)
     sampler, target = compose_config(cfg)
     sampler, train_seconds = _train(sampler, cfg, out, resume, progress)
     samples, sampled = _sample(sampler, cfg, strict)
-    metrics = {**{k: sampled[k] for k in ("n", "dim", "seed", "n_nonfinite", "has_log_weights")},
+    metrics = {"status": "ok",
+               **{k: sampled[k] for k in ("n", "dim", "seed", "n_nonfinite", "has_log_weights")},
                "train_seconds": train_seconds, **sampled}
+    failure = _failure(sampler, target, samples)
+    if failure is not None:
+        _fail(Run(cfg, sampler, target, samples, metrics, out), failure)
     if metrics["n_nonfinite"]:
         warnings.warn(f"{metrics['n_nonfinite']} of {cfg['n']} samples are not finite (kept "
                       f"in samples.npz, counted in metrics.json)", RunWarning, stacklevel=2)
@@ -319,9 +406,14 @@ def load_run(directory: str | Path) -> Run:
     The sampler is composed again from `config.toml` and, where it trains, its trained
     state read from `checkpoint.eqx`; the samples come from `samples.npz` and the metrics
     from `metrics.json`. Nothing is recomputed. Raises `ConfigError` naming what is
-    missing or incomplete.
+    missing or incomplete, or the error of a run that failed (`sdekit.RunFailed`).
     """
     directory = Path(directory)
+    metrics_path = directory / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    if metrics.get("status") == "failed":
+        raise ConfigError(f"the run in {directory} failed and has no samples: "
+                          f"{metrics.get('error', 'see its metrics.json')}")
     for name in ("config.toml", "samples.npz"):
         if not (directory / name).is_file():
             raise ConfigError(f"{directory / name} does not exist; is {directory} a finished "
@@ -335,8 +427,6 @@ def load_run(directory: str | Path) -> Run:
     log_weights = arrays.get("log_weights")
     samples = Samples(jnp.asarray(arrays["x"]),
                       None if log_weights is None else jnp.asarray(log_weights))
-    metrics_path = directory / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     return Run(cfg, sampler, target, samples, metrics, directory)
 
 

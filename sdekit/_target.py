@@ -1,5 +1,6 @@
 import abc
 import numbers
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -105,6 +106,30 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {(lines or [''])[0].rstrip('.')}"
 
 
+def finite_in_float64(target: AbstractTarget, points: Float[Array, "n d"]) -> np.ndarray:
+    """Whether `target.log_prob` is finite at each of `points` when evaluated in float64
+    (the target's floating-point arrays and the points cast up, `jax.enable_x64`): where a
+    value is not finite in float32 but is here, float32 is the cause. All `False` where
+    the evaluation itself fails."""
+    with jax.enable_x64(True):
+        wide = jax.tree.map(
+            lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, target)
+        try:
+            values = jax.vmap(wide.log_prob)(jnp.asarray(np.asarray(points), jnp.float64))
+            return np.isfinite(np.asarray(values))
+        except Exception:  # noqa: BLE001 - a failure in float64 says nothing about float32
+            return np.zeros(len(points), bool)
+
+
+def float32_hint(target: AbstractTarget, points: Float[Array, "n d"]) -> str:
+    """`" ...; use JAX_ENABLE_X64=1"` when `target.log_prob` is finite at all `points` in
+    float64 (and so float32 is the likely cause of their non-finite values), else `""`."""
+    if jnp.zeros(()).dtype == jnp.float64 or not finite_in_float64(target, points).all():
+        return ""
+    return ("; it is finite there in float64, so float32 is the likely cause: run with "
+            "JAX_ENABLE_X64=1")
+
+
 def _fmt(a) -> str:
     return np.array2string(np.asarray(a), precision=4, separator=", ", threshold=8, edgeitems=3)
 
@@ -131,7 +156,8 @@ def check_target(target: AbstractTarget, key: PRNGKeyArray | None = None, n: int
         [jnp.zeros((1, dim), dtype), jax.random.normal(key, (n - 1, dim), dtype)]
     )
     values, grads = _values_and_grads(target, points)
-    _check_values(type(target).__name__, points, values, grads)
+    _check_values(type(target).__name__, points, values, grads,
+                  hint=lambda i: float32_hint(target, points[i:i + 1]))
 
 
 def _checked_dim(target: AbstractTarget) -> int:
@@ -170,7 +196,8 @@ def _values_and_grads(target: AbstractTarget, points: Array) -> tuple[np.ndarray
     return np.asarray(values), np.asarray(grads)
 
 
-def _check_values(name: str, points: Array, values: np.ndarray, grads: np.ndarray) -> None:
+def _check_values(name: str, points: Array, values: np.ndarray, grads: np.ndarray,
+                  hint: Callable[[int], str] = lambda i: "") -> None:
     n = len(values)
     where = (
         f"(the test points are the origin and {n - 1} standard-normal draws)" if n > 1
@@ -184,9 +211,9 @@ def _check_values(name: str, points: Array, values: np.ndarray, grads: np.ndarra
         if np.isnan(v) or v == np.inf:
             raise TargetError(
                 f"{name}.log_prob is {v} at {at(i)} {where}; expected a finite log-density "
-                f"(or -inf outside the support). Guard logs, divisions and square roots "
-                f"against invalid arguments (e.g. with jnp.where), or check the target's "
-                f"parameters"
+                f"(or -inf outside the support){hint(i)}. Guard logs, divisions and square "
+                f"roots against invalid arguments (e.g. with jnp.where), or check the "
+                f"target's parameters"
             )
     finite = np.isfinite(values)
     if not finite.any():
