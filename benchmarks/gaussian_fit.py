@@ -28,9 +28,13 @@ Targets and references:
   (the same density): NUTS on the NumPyro model; reference log Z from the stored
   importance-sampling run.
 - `funnel` (d = 10, sigma = 3): exact: mean 0, sds $3$ and $\\sqrt{E e^{x_0}} = e^{9/4}$.
+- `numpyro:benchmarks/gaussian_fit.py:scaled` (d = 2, defined below): a posterior far from
+  the origin and from unit scale (mean of `mu` near 1000, sds near 0.07 and 0.1), where
+  no default prior fits: NUTS as above.
 
 The NUTS references are stored in the results file (`reference`) and reused unless
-`--reference`. Results: `benchmarks/results/gaussian_fit.json`.
+`--reference`. Results: `benchmarks/results/gaussian_fit.json`; a run replaces the rows it
+recomputes (same target, variant and seed) and keeps the others.
 """
 
 import argparse
@@ -53,8 +57,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "gaussian_fit.json"
 STORED_NUTS = ROOT / "plugins" / "sdekit_numpyro" / "data" / "eight_schools_nuts.json"
 SCHOOLS = "numpyro:examples/eight_schools.py:"
 LOGISTIC = "numpyro:examples/logistic_regression.py:model"
+SCALED = "numpyro:benchmarks/gaussian_fit.py:scaled"
 TARGETS = (f"{SCHOOLS}noncentered", f"{SCHOOLS}centered", "logistic-breast-cancer", LOGISTIC,
-           "funnel")
+           "funnel", SCALED)
 #: The fitting variants: name -> keyword arguments of `sdekit.fit_gaussian`.
 VARIANTS = {
     "laplace": {"method": "laplace"},
@@ -62,6 +67,24 @@ VARIANTS = {
     "mean-field-1000": {"method": "mean-field", "steps": 1000},
     "mean-field-2000": {"method": "mean-field", "steps": 2000},
 }
+
+
+# --------------------------------------------------------------------------------------
+# a posterior in awkward units
+
+#: 50 observations near 1000 with noise sd 0.5: what `scaled` conditions on.
+scaled_data = {"y": 1000.0 + 0.5 * np.random.default_rng(0).standard_normal(50)}
+
+
+def scaled(y=None):
+    """Normal observations with unknown mean (prior N(1000, 100^2)) and sd (HalfNormal(10))."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    mu = numpyro.sample("mu", dist.Normal(1000.0, 100.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(10.0))
+    with numpyro.plate("n", 50):
+        numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
 
 
 # --------------------------------------------------------------------------------------
@@ -126,6 +149,15 @@ def logistic_reference(args) -> dict:
     return {LOGISTIC: ref, "logistic-breast-cancer": ref}
 
 
+def scaled_reference(args) -> dict:
+    t0 = time.perf_counter()
+    samples = _nuts(scaled, scaled_data, args.chains, args.warmup, args.draws)
+    ref = _moments(sdekit.resolve_target(SCALED), samples, args.chains)
+    ref.update(method=f"NumPyro NUTS, {args.chains} chains x ({args.warmup} warmup + "
+                      f"{args.draws} draws), seed 0", seconds=time.perf_counter() - t0)
+    return {SCALED: ref}
+
+
 def funnel_reference(dim: int = 10, scale: float = 3.0) -> dict:
     sd = [scale] + [math.exp(scale**2 / 4)] * (dim - 1)  # Var x_i = E e^{x_0} = e^{scale^2/2}
     return {"funnel": {"mean": [0.0] * dim, "sd": sd, "mcse_over_sd": [0.0] * dim,
@@ -133,10 +165,17 @@ def funnel_reference(dim: int = 10, scale: float = 3.0) -> dict:
 
 
 def references(args, stored: dict) -> dict:
-    if stored and not args.reference:
-        return stored
-    print("NUTS references ...", flush=True)
-    return {**schools_reference(args), **logistic_reference(args), **funnel_reference()}
+    """The stored references, with those of `args.targets` that are missing (all of them
+    with `--reference`) computed."""
+    refs = {} if args.reference else dict(stored)
+    builders = {f"{SCHOOLS}noncentered": schools_reference, f"{SCHOOLS}centered": schools_reference,
+                LOGISTIC: logistic_reference, "logistic-breast-cancer": logistic_reference,
+                SCALED: scaled_reference, "funnel": lambda args: funnel_reference()}
+    for target in args.targets:
+        if target not in refs:
+            print(f"reference for {target} ...", flush=True)
+            refs.update(builders[target](args))
+    return refs
 
 
 # --------------------------------------------------------------------------------------
@@ -182,7 +221,8 @@ def fit_row(spec: str, variant: str, seed: int, ref: dict, is_draws: int) -> dic
 
 
 def _short(spec: str) -> str:
-    return spec.replace("numpyro:examples/", "").replace(".py", "")
+    return spec.replace("numpyro:examples/", "").replace("numpyro:benchmarks/", "").replace(
+        ".py", "")
 
 
 def print_table(rows: list[dict]) -> None:
@@ -225,7 +265,8 @@ def main() -> None:
     rows = [fit_row(t, v, s, refs[t], args.is_draws)
             for t in args.targets for v in args.variants for s in args.seeds]
     print_table(rows)
-    result = {"reference": refs, "rows": rows, "command": " ".join(["python"] + sys.argv),
+    merged = {(r["target"], r["variant"], r["seed"]): r for r in stored.get("rows", []) + rows}
+    result = {"reference": refs, "rows": list(merged.values()), "command": " ".join(["python"] + sys.argv),
               "device": str(jax.devices()[0]), "jax": jax.__version__,
               "python": platform.python_version(), "date": datetime.date.today().isoformat()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
