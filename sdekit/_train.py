@@ -52,6 +52,8 @@ class TrainOptions(eqx.Module):
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
 
     def optimizer(self) -> optax.GradientTransformation:
+        """The optax optimiser these options describe: global-norm clipping (if `grad_clip`),
+        then Adam on the warm-up-cosine learning-rate schedule."""
         schedule = optax.warmup_cosine_decay_schedule(
             0.0 if self.warmup else self.learning_rate,
             self.learning_rate,
