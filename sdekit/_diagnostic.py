@@ -27,7 +27,8 @@ class AbstractDiagnostic(eqx.Module):
         sampler: AbstractSampler | None = None,
         samples: Samples | None = None,
     ) -> dict[str, Array | float]:
-        ...
+        """The diagnostic's named numbers, computed from whichever of `target`, `sampler`
+        and `samples` it needs (`{}` when it does not apply); `key` for any randomness."""
 
     def plot(self, values: dict[str, Any]) -> "Figure | None":
         """A matplotlib figure of `values` (what `__call__` returned), or `None` (the default).
