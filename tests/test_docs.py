@@ -35,9 +35,6 @@ def test_every_public_name_is_rendered_on_the_site():
     assert missing == [], f"add '::: NAME' lines for {missing} to docs/reference/api.md"
 
 
-@pytest.mark.xfail(strict=True, reason="sdekit.TrainOptions.optimizer (sdekit/_train.py) and "
-                   "sdekit.AbstractDiagnostic.__call__ (sdekit/_diagnostic.py) have no docstring "
-                   "yet; remove this mark once they have")
 def test_every_public_name_method_and_property_has_a_docstring():
     _docs_extra("griffe")
     assert coverage.missing_docstrings(members=True) == []
