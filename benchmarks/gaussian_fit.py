@@ -14,7 +14,7 @@ coordinate, in the target's own (unconstrained) coordinates:
   (`--is-draws` draws): the effective sample size fraction and $\\log\\hat Z$, against the
   reference $\\log Z$ where known: how good a prior or reference scale the fit is;
 - `seconds`: the first call (compilation included) and a second call (another seed);
-  `iterations`, `converged`.
+  `iterations`, `evaluations` (of the log-density), `converged`.
 
 Targets and references:
 
@@ -212,7 +212,8 @@ def fit_row(spec: str, variant: str, seed: int, ref: dict, is_draws: int) -> dic
             "scale_ratio_min": float(ratio.min()), "scale_ratio_median": float(np.median(ratio)),
             "scale_ratio_max": float(ratio.max()), "is_ess": ess, "is_log_Z": log_Z,
             "log_Z": target.log_Z, "fit_log_Z": float(fit.log_Z),
-            "iterations": int(fit.iterations), "converged": bool(fit.converged),
+            "iterations": int(fit.iterations), "evaluations": int(fit.evaluations),
+            "converged": bool(fit.converged),
             "mean": np.asarray(fit.mean).tolist(), "scale": np.asarray(fit.scale).tolist()}
 
 

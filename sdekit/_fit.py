@@ -46,6 +46,8 @@ class GaussianFit(eqx.Module):
     - `log_Z`: an estimate of $\log Z$: Laplace's
       $\log\gamma(\mu) + \frac d2\log 2\pi - \frac12\log\det H$, or the ELBO (a lower bound).
     - `iterations`: L-BFGS iterations of the chosen start, or Adam steps.
+    - `evaluations`: the target's log-density evaluations (with gradient) the fit took, all
+      starts and runs together; a Hessian counts as `d`.
     - `grad_norm`: the norm of the objective's gradient at the result (for `"mean-field"`
       a Monte-Carlo estimate over `(mean, log scale)`).
     - `converged`: `"laplace"`: the Newton decrement $\sqrt{g^\top H^{-1} g}$ (the distance
@@ -60,6 +62,7 @@ class GaussianFit(eqx.Module):
     objective: Scalar
     log_Z: Scalar
     iterations: Int[Array, ""]
+    evaluations: Int[Array, ""]
     grad_norm: Scalar
     converged: Bool[Array, ""]
 
@@ -79,27 +82,29 @@ class GaussianFit(eqx.Module):
 def _lbfgs(neg_log_prob, x0: Float[Array, " d"], max_iters: Int[Array, ""]):
     """Minimise `neg_log_prob` from `x0` by L-BFGS with a zoom line search (optax), until an
     iteration changes the value by at most a few rounding errors, or `max_iters`
-    iterations; `(x, value, count)`."""
+    iterations; `(x, value, count, evaluations)`: the evaluations of `neg_log_prob` (with
+    its gradient): one at `x0`, the line searches', one at the end."""
     opt = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(neg_log_prob)
     ftol = 4 * jnp.finfo(x0.dtype).eps
 
     def step(carry):
-        x, state, _ = carry
+        x, state, _, evaluations = carry
         value, grad = value_and_grad(x, state=state)
         updates, state = opt.update(grad, state, x, value=value, grad=grad,
                                     value_fn=neg_log_prob)
-        return optax.apply_updates(x, updates), state, value
+        evaluations = evaluations + otu.tree_get(state, "num_linesearch_steps")
+        return optax.apply_updates(x, updates), state, value, evaluations
 
     def unfinished(carry):
-        _, state, previous = carry
+        _, state, previous, _ = carry
         count, value = otu.tree_get(state, "count"), otu.tree_get(state, "value")
         stalled = jnp.abs(previous - value) <= ftol * jnp.maximum(1.0, jnp.abs(value))
         return (count == 0) | ((count < max_iters) & ~stalled & jnp.isfinite(value))
 
-    init = (x0, opt.init(x0), jnp.asarray(jnp.inf, x0.dtype))
-    x, state, _ = jax.lax.while_loop(unfinished, step, init)
-    return x, neg_log_prob(x), otu.tree_get(state, "count")
+    init = (x0, opt.init(x0), jnp.asarray(jnp.inf, x0.dtype), jnp.asarray(1))
+    x, state, _, evaluations = jax.lax.while_loop(unfinished, step, init)
+    return x, neg_log_prob(x), otu.tree_get(state, "count"), evaluations + 1
 
 
 def _laplace(target: AbstractTarget, starts: Float[Array, "m d"], max_iters: Int[Array, ""],
@@ -110,7 +115,9 @@ def _laplace(target: AbstractTarget, starts: Float[Array, "m d"], max_iters: Int
     def neg_log_prob(x):
         return -target.log_prob(x)
 
-    xs, values, counts = jax.vmap(lambda x0: _lbfgs(neg_log_prob, x0, max_iters))(starts)
+    xs, values, counts, evaluations = jax.vmap(lambda x0: _lbfgs(neg_log_prob, x0, max_iters))(
+        starts
+    )
     best = jnp.argmin(jnp.where(jnp.isfinite(values), values, jnp.inf))
     mode, value = xs[best], -values[best]
     grad = jax.grad(neg_log_prob)(mode)
@@ -126,7 +133,8 @@ def _laplace(target: AbstractTarget, starts: Float[Array, "m d"], max_iters: Int
     # Newton decrement: the distance to the local quadratic's mode in Laplace sds
     decrement = jnp.linalg.norm(chol_inv @ grad)
     log_Z = value + 0.5 * mode.shape[0] * jnp.log(2 * jnp.pi) - jnp.sum(jnp.log(jnp.diag(chol)))
-    fit = GaussianFit(mode, scale, "laplace", value, log_Z, counts[best],
+    evaluations = jnp.sum(evaluations) + 1 + mode.shape[0]  # + the gradient and Hessian
+    fit = GaussianFit(mode, scale, "laplace", value, log_Z, counts[best], evaluations,
                       jnp.linalg.norm(grad), decrement <= tol)
     return fit, smallest
 
@@ -172,16 +180,17 @@ def _mean_field_steps(target: AbstractTarget, key: PRNGKeyArray, mean0: Float[Ar
 
 
 def _mean_field_starts(target: AbstractTarget, starts: Float[Array, "m d"],
-                       laplace_options: tuple[Array, Scalar]) -> tuple[Array, Array]:
+                       laplace_options: tuple[Array, Scalar]) -> tuple[Array, Array, Array]:
     """`(means, scales)`, `(2, d)`: the Laplace fit where it exists (else the first start
-    and unit scales again), and the first start with unit scales."""
+    and unit scales again), and the first start with unit scales; and the Laplace fit's
+    evaluations."""
     laplace, smallest = _laplace(target, starts, *laplace_options)
     usable = (smallest > 0) & jnp.all(jnp.isfinite(laplace.mean) & jnp.isfinite(laplace.scale)
                                       & (laplace.scale > 0))
     ones = jnp.ones_like(starts[0])
     means = jnp.stack([jnp.where(usable, laplace.mean, starts[0]), starts[0]])
     scales = jnp.stack([jnp.where(usable, laplace.scale, ones), ones])
-    return means, scales
+    return means, scales, laplace.evaluations
 
 
 @eqx.filter_jit
@@ -191,7 +200,7 @@ def _mean_field(target: AbstractTarget, key: PRNGKeyArray, starts: Float[Array, 
     """Mean-field fits from the Laplace fit and from `starts[0]` with unit scales; the one
     with the higher ELBO on `eval_draws` fresh draws, and its gradient test."""
     k_fit, k_eval = jax.random.split(key)
-    means0, scales0 = _mean_field_starts(target, starts, laplace_options)
+    means0, scales0, evaluations = _mean_field_starts(target, starts, laplace_options)
     means, log_scales = jax.vmap(
         lambda m, s: _mean_field_steps(target, k_fit, m, s, steps, batch, learning_rate)
     )(means0, scales0)
@@ -209,8 +218,9 @@ def _mean_field(target: AbstractTarget, key: PRNGKeyArray, starts: Float[Array, 
     g = jnp.concatenate([grads[0][best], grads[1][best]], axis=1)  # (eval_draws, 2d)
     g_mean, g_se = jnp.mean(g, axis=0), jnp.std(g, axis=0) / jnp.sqrt(eval_draws)
     statistic = jnp.sum((g_mean / jnp.where(g_se > 0, g_se, 1.0)) ** 2)
+    evaluations = evaluations + 2 * (steps * batch + eval_draws)
     return GaussianFit(means[best], jnp.exp(log_scales[best]), "mean-field", elbos[best],
-                       elbos[best], jnp.asarray(steps), jnp.linalg.norm(g_mean),
+                       elbos[best], jnp.asarray(steps), evaluations, jnp.linalg.norm(g_mean),
                        statistic <= threshold)
 
 

@@ -67,6 +67,8 @@ def test_laplace_is_exact_on_a_gaussian(correlated):
     fit = sdekit.fit_gaussian(target, jax.random.key(0), method="laplace", tol=1e-3)
     marginal_sd = np.sqrt(np.diag(cov))  # the documented scale: sqrt(diag(H^-1))
     assert fit.method == "laplace" and bool(fit.converged)
+    # one evaluation per start at least, plus the final gradient and the Hessian (d = 3)
+    assert int(fit.evaluations) >= 4 + 1 + 3 + int(fit.iterations)
     np.testing.assert_array_less(np.abs(np.asarray(fit.mean) - MEAN), 1e-3 * marginal_sd + 1e-6)
     np.testing.assert_allclose(np.asarray(fit.scale), marginal_sd, rtol=1e-4)
     np.testing.assert_allclose(float(fit.log_Z), log_Z(cov), atol=1e-4)
@@ -81,6 +83,8 @@ def test_mean_field_reaches_the_known_optimum(correlated, seed):
     s = 1 / np.sqrt(np.diag(precision))  # the optimal mean-field sds: conditional ones
     fit = sdekit.fit_gaussian(target, jax.random.key(seed))
     assert fit.method == "mean-field"
+    # two runs of 2000 steps of 64 draws and 1024 draws each, after the Laplace fit
+    assert int(fit.evaluations) > 2 * (2000 * 64 + 1024)
     np.testing.assert_array_less(np.abs(np.asarray(fit.mean) - MEAN) / s, MF_TOL)
     np.testing.assert_array_less(np.abs(np.asarray(fit.scale) / s - 1), MF_TOL)
     if correlated:  # conditional sds 0.59, 0.53, 0.85 of the marginal ones: under-dispersed
@@ -96,8 +100,8 @@ def test_mean_field_reaches_the_known_optimum(correlated, seed):
 
 def test_fit_samples_and_log_prob():
     fit = sdekit.GaussianFit(jnp.array([1.0, 2.0]), jnp.array([0.5, 3.0]), "laplace",
-                             jnp.asarray(0.0), jnp.asarray(0.0), jnp.asarray(1), jnp.asarray(0.0),
-                             jnp.asarray(True))
+                             jnp.asarray(0.0), jnp.asarray(0.0), jnp.asarray(1), jnp.asarray(1),
+                             jnp.asarray(0.0), jnp.asarray(True))
     x = fit.sample(jax.random.key(0), 10_000)
     assert x.shape == (10_000, 2)
     # 4 standard errors of the sample mean and sd of 20 000 draws
