@@ -241,7 +241,7 @@ def print_table(rows: list[dict]) -> None:
               f"{r['mean_error_max']:>14.3f} {r['mean_error_median']:>6.3f} "
               f"{r['scale_ratio_min']:>8.3f} {r['scale_ratio_median']:>6.3f} "
               f"{r['scale_ratio_max']:>6.3f} {r['is_ess']:>7.4f} {r['is_log_Z']:>9.3f} "
-              f"{ref:>8} {str(r['converged']):>5} {r['seconds_first']:>6.2f} "
+              f"{ref:>8} {r['converged']!s:>5} {r['seconds_first']:>6.2f} "
               f"{r['seconds_second']:>6.2f}")
 
 
@@ -267,7 +267,8 @@ def main() -> None:
             for t in args.targets for v in args.variants for s in args.seeds]
     print_table(rows)
     merged = {(r["target"], r["variant"], r["seed"]): r for r in stored.get("rows", []) + rows}
-    result = {"reference": refs, "rows": list(merged.values()), "command": " ".join(["python"] + sys.argv),
+    result = {"reference": refs, "rows": list(merged.values()),
+              "command": " ".join(["python"] + sys.argv),
               "device": str(jax.devices()[0]), "jax": jax.__version__,
               "python": platform.python_version(), "date": datetime.date.today().isoformat()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -300,10 +300,10 @@ def fit_gaussian(
       with unit scales; the fit with the higher ELBO on `eval_draws` fresh draws is kept,
       and they test its convergence. Each run's steps are taken in units of its starting
       scale, so a posterior far from the origin or from unit scale (a mean of 1000, sds of
-      0.01) is fitted as well as a standardised one; the start from `init` keeps the fit
-      out of a spurious mode such as a funnel's neck. On a Gaussian target $\mu$ is its mean and
-      $s_i^2 = 1/P_{ii}$ ($P$ the precision): the *conditional* variances, smaller than
-      the marginal ones when coordinates are correlated.
+      0.07) is fitted as well as a standardised one; the start from `init` keeps the fit
+      out of a spurious mode such as a funnel's neck. On a Gaussian target $\mu$ is its
+      mean and $s_i^2 = 1/P_{ii}$ ($P$ the precision): the *conditional* variances, smaller
+      than the marginal ones when coordinates are correlated.
     - `method="laplace"`: the mode $\mu$ of $\log\gamma$ by L-BFGS with a zoom line search
       (optax), from `init` and `starts - 1` points `init` + standard-normal draws (at most
       `max_iters` iterations each, until the value stops changing), keeping the highest

@@ -122,7 +122,8 @@ def test_laplace_without_a_proper_mode_raises():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"method": "newton"}, ValueError, "method must be one of 'laplace', 'mean-field'; got 'newton'"),
+        ({"method": "newton"}, ValueError,
+         "method must be one of 'laplace', 'mean-field'; got 'newton'"),
         ({"steps": 0}, ValueError, "steps must be a positive int, got 0"),
         ({"starts": 2.5}, ValueError, "starts must be a positive int, got 2.5"),
         ({"learning_rate": -0.1}, ValueError, "learning_rate must be a positive number, got -0.1"),
@@ -149,7 +150,8 @@ def test_non_finite_start_is_named():
         return jnp.where(x[0] > 0, jnp.log(x0) - x0, -jnp.inf) - 0.5 * x[1] ** 2
 
     target = sdekit.target_from_log_prob(gamma_2, dim=2)
-    with pytest.raises(sdekit.TargetError, match=r"log_prob is -inf at the starting point \[0\. 0\.\]"):
+    match = r"log_prob is -inf at the starting point \[0\. 0\.\]"
+    with pytest.raises(sdekit.TargetError, match=match):
         sdekit.fit_gaussian(target, jax.random.key(0))
 
 
