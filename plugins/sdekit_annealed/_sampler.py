@@ -1,6 +1,7 @@
 import functools
 import inspect
 import math
+import warnings
 from typing import Any
 
 import equinox as eqx
@@ -337,16 +338,22 @@ def _stats(seg: Segments, log_w: Float[Array, " n"]) -> dict[str, Scalar]:
 
 def _fitted(target: AbstractTarget, fit: str) -> tuple[AbstractTarget, int]:
     """`target` in the coordinates of a Gaussian fitted as `fit` says (with a fixed key:
-    the fit is part of the sampler's construction), and the fit's target evaluations with
-    `sdekit.fit_gaussian`'s defaults: mean-field, 2000 Adam steps of 64 draws and 1024
-    draws to evaluate; Laplace, 4 starts of at most 500 L-BFGS iterations (counted as one
-    evaluation each; line searches add some) and a Hessian. Without a fit: `target`, 0."""
+    the fit is part of the sampler's construction), and the fit's target evaluations;
+    without a fit, `target` and 0. A Laplace fit with no proper mode (`sdekit.FitError`)
+    falls back to mean-field, with a warning; so does a fit that did not converge warn."""
     method = ("mean-field" if target.log_Z is None else "off") if fit == "auto" else fit
     if method == "off":
         return target, 0
-    gaussian = sdekit.fit_gaussian(target, jax.random.key(0), method=method)
-    evaluations = 2000 * 64 + 1024 if method == "mean-field" else 4 * 500 + target.dim
-    return Standardised(target, gaussian.mean, gaussian.scale), evaluations
+    try:
+        gaussian = sdekit.fit_gaussian(target, jax.random.key(0), method=method)
+    except sdekit.FitError as e:
+        warnings.warn(f"{e}; fitting by mean-field instead", stacklevel=3)
+        gaussian = sdekit.fit_gaussian(target, jax.random.key(0), method="mean-field")
+    if not bool(gaussian.converged):
+        warnings.warn(f"the {gaussian.method} Gaussian fit to {type(target).__name__} did not "
+                      f"converge; the sampler runs in its coordinates all the same (fit='off' "
+                      f"runs in the target's own)", stacklevel=3)
+    return Standardised(target, gaussian.mean, gaussian.scale), int(gaussian.evaluations)
 
 
 def _states(s, t, x, x_new, log_ratio):
