@@ -32,6 +32,7 @@ from ._config import ConfigError, check_section, load_config, resolve_config
 from ._diagnostic import AbstractDiagnostic
 from ._errors import PluginError, SdekitError
 from ._log_density import npz_arrays
+from .metrics import MAX_PARETO_K, MIN_ESS
 from ._plot import figure_png, plot_png
 from ._plugins import registry
 from ._sampler import AbstractDiffusionSampler, AbstractSampler, Samples
@@ -47,8 +48,9 @@ OUTPUT_FILES = ("samples.npz", "metrics.json", "samples.png", "config.toml")
 #: Diagnostics a run computes after sampling, those that are registered.
 DEFAULT_DIAGNOSTICS = ("weights", "sample-quality")
 #: Keys of `Run.metrics` that describe the run rather than measure the samples.
-RUN_KEYS = ("status", "n", "dim", "seed", "has_log_weights", "train_seconds", "compile_seconds",
-            "sample_seconds", "diagnostic_seconds", "diagnostic_errors")
+RUN_KEYS = ("status", "error", "warnings", "n", "dim", "seed", "has_log_weights",
+            "train_seconds", "compile_seconds", "sample_seconds", "diagnostic_seconds",
+            "diagnostic_errors")
 #: A run fails (`RunFailed`) when more than this fraction of its samples (a sample with any
 #: non-finite coordinate), or of its log-weights, is not finite.
 MAX_NONFINITE_FRACTION = 0.5
@@ -147,8 +149,21 @@ def _runtime_errors(what: str, strict: bool):
         logger.removeFilter(hide)
 
 
-def _draw(sampler: AbstractSampler, key: PRNGKeyArray, n: int) -> Samples:
-    return sampler.sample(key, n)
+def _draw(sampler: AbstractSampler, key: PRNGKeyArray, n: int) -> tuple[Samples, dict]:
+    return sampler.sample_with_stats(key, n)
+
+
+def _draw_samples(sampler: AbstractSampler, key: PRNGKeyArray, n: int) -> tuple[Samples, dict]:
+    return sampler.sample(key, n), {}
+
+
+def _compiled(sampler: AbstractSampler, key: PRNGKeyArray, n: int):
+    """`sample_with_stats` compiled; `sample` alone (no statistics) for a sampler whose
+    statistics are computed on the host (`float()` of an array) and cannot be traced."""
+    try:
+        return eqx.filter_jit(_draw).lower(sampler, key, n).compile()
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+        return eqx.filter_jit(_draw_samples).lower(sampler, key, n).compile()
 
 
 def _check_samples(samples: Any, n: int, name: str) -> np.ndarray:
@@ -162,13 +177,14 @@ def _check_samples(samples: Any, n: int, name: str) -> np.ndarray:
 
 def _sample(sampler: AbstractSampler, cfg: Mapping[str, Any], strict: bool
             ) -> tuple[Samples, dict[str, Any]]:
-    """Draw `cfg["n"]` samples (jitted; compilation timed apart) and the run's metrics."""
+    """Draw `cfg["n"]` samples (jitted; compilation timed apart) and the run's metrics,
+    the sampler's statistics (`sample_with_stats`) included."""
     n, key = cfg["n"], jax.random.PRNGKey(cfg["seed"])
     t0 = time.perf_counter()
-    compiled = eqx.filter_jit(_draw).lower(sampler, key, n).compile()
+    compiled = _compiled(sampler, key, n)
     t1 = time.perf_counter()
     with _runtime_errors("sampling", strict):
-        samples = jax.block_until_ready(compiled(sampler, key, n))
+        samples, stats = jax.block_until_ready(compiled(sampler, key, n))
     t2 = time.perf_counter()
     x = _check_samples(samples, n, cfg["sampler"]["name"])
     return samples, {
@@ -176,6 +192,8 @@ def _sample(sampler: AbstractSampler, cfg: Mapping[str, Any], strict: bool
         "n_nonfinite": int(np.sum(~np.all(np.isfinite(x), axis=1))),
         "has_log_weights": samples.log_weights is not None,
         "compile_seconds": t1 - t0, "sample_seconds": t2 - t1,
+        **{(f"sampler.{k}" if k in RUN_KEYS or k == "n_nonfinite" else k): io.json_safe(v)
+           for k, v in stats.items()},
     }
 
 
@@ -239,6 +257,23 @@ def _fail(result: "Run", message: str) -> None:
             "samples.png": None, "config.toml": io.toml_dumps(result.config)})
         where = f" ({result.directory / 'metrics.json'} marks the run failed)"
     raise RunFailed(f"run failed: {message}{where}", result)
+
+
+def _untrusted(metrics: Mapping[str, Any]) -> list[str]:
+    """Why the run's weighted estimates (`log_Z`, weighted means) are not to be trusted:
+    an `ess` or `min_ess` below `sdekit.metrics.MIN_ESS`, a `pareto_k` above
+    `sdekit.metrics.MAX_PARETO_K`."""
+    found, n = [], metrics["n"]
+    for key, what in (("ess", "effective sample size"),
+                      ("min_ess", "smallest effective sample size over the importance steps")):
+        value = metrics.get(key)
+        if isinstance(value, float) and value < MIN_ESS:
+            found.append(f"{key} = {value:.3g} < {MIN_ESS}: the {what} is about "
+                         f"{value * n:.3g} of {n} samples")
+    k = metrics.get("pareto_k")
+    if isinstance(k, float) and k > MAX_PARETO_K:
+        found.append(f"pareto_k = {k:.2f} > {MAX_PARETO_K}: a few samples dominate the weights")
+    return [f"{w}; log_Z and weighted estimates are not to be trusted" for w in found]
 
 
 def _one_line(text: str) -> str:
@@ -356,9 +391,13 @@ def run(
     bar); with `out` it checkpoints to `out/checkpoint.eqx`, after writing
     `out/config.toml`, and `resume=True` continues from that checkpoint (and, without a
     `config`, from `out/config.toml`). Samples are drawn with `jax.random.PRNGKey(seed)`
-    (jitted; compilation is timed apart), then `diagnostics` (default
-    `DEFAULT_DIAGNOSTICS`, those registered) run with key `fold_in(key, 1)`; one that
-    fails is reported in `metrics["diagnostic_errors"]` and a `RunWarning`.
+    by `sample_with_stats` (jitted; compilation is timed apart; the sampler's statistics
+    go into the metrics), then `diagnostics` (default `DEFAULT_DIAGNOSTICS`, those
+    registered) run with key `fold_in(key, 1)`; one that fails is reported in
+    `metrics["diagnostic_errors"]` and a `RunWarning`. Where the weighted estimates are
+    not to be trusted (`ess` or `min_ess` below `sdekit.metrics.MIN_ESS`, `pareto_k`
+    above `sdekit.metrics.MAX_PARETO_K`), each reason is a `RunWarning` and a line of
+    `metrics["warnings"]`.
 
     A run whose samples or log-weights are mostly not finite (`MAX_NONFINITE_FRACTION`)
     raises `RunFailed`, naming the likely cause and what to try, before any diagnostic;
@@ -382,6 +421,11 @@ def run(
         warnings.warn(f"{metrics['n_nonfinite']} of {cfg['n']} samples are not finite (kept "
                       f"in samples.npz, counted in metrics.json)", RunWarning, stacklevel=2)
     _run_diagnostics(diagnostics, sampler, target, samples, cfg, metrics, strict)
+    untrusted = _untrusted(metrics)
+    if untrusted:
+        metrics["warnings"] = untrusted
+    for warning in untrusted:
+        warnings.warn(warning, RunWarning, stacklevel=2)
     result = Run(cfg, sampler, target, samples, metrics, out)
     if out is not None:
         _write(result, strict)

@@ -12,6 +12,11 @@ Weights (log-weights $\log w_i = \log\gamma(x_i) - \log q(x_i)$):
 - `elbo`: $\frac1N\sum_i \log w_i \le \log Z$ (in expectation).
 - `eubo`: the same mean, but over log-weights of *target* trajectories: $\ge \log Z$.
 - `ess`: normalised effective sample size $(\sum_i w_i)^2 / (N \sum_i w_i^2) \in (0, 1]$.
+- `pareto_k`: the Pareto $\hat k$ of the weights' tail (PSIS, ArviZ; host, not jitted).
+- `unique_fraction`: the fraction of distinct samples (after resampling, duplicates).
+
+An estimate from weights is not to be trusted when `ess` is below `MIN_ESS` or
+`pareto_k` above `MAX_PARETO_K`; `sdekit.run` then warns.
 
 Samples against reference samples:
 
@@ -35,10 +40,17 @@ from ._mixture import GaussianMixture
 from ._sampler import log_Z_estimate
 
 __all__ = [
-    "W2_MAX_POINTS", "SinkhornResult", "elbo", "emc", "ess", "eubo", "log_Z", "mmd",
-    "mode_counts", "mode_coverage", "sinkhorn", "sliced_w2", "w2",
+    "MAX_PARETO_K", "MIN_ESS", "W2_MAX_POINTS", "SinkhornResult", "elbo", "emc", "ess", "eubo",
+    "log_Z", "mmd", "mode_counts", "mode_coverage", "pareto_k", "sinkhorn", "sliced_w2",
+    "unique_fraction", "w2",
 ]
 
+#: Below this normalised ESS a weighted estimate rests on too few samples to be trusted
+#: (1%: fewer than 100 effective samples of 10 000).
+MIN_ESS = 0.01
+#: Above this Pareto k-hat the importance-weight tail is too heavy for a reliable
+#: estimate (Vehtari et al., "Pareto smoothed importance sampling", 2024).
+MAX_PARETO_K = 0.7
 #: The most points per side `w2` accepts: the assignment problem is O(N^3) time, O(N^2) memory.
 W2_MAX_POINTS = 5000
 
@@ -86,6 +98,39 @@ def ess(log_weights: Float[ArrayLike, " n"]) -> Float[Array, ""]:
     lw = lw - jax.lax.stop_gradient(jnp.max(lw))  # exact invariance to a common shift
     log_ess = 2 * jax.nn.logsumexp(lw) - jax.nn.logsumexp(2 * lw) - jnp.log(lw.shape[0])
     return jnp.minimum(jnp.exp(log_ess), 1.0)  # rounding can give 1 + 1e-7
+
+
+def pareto_k(log_weights: Float[ArrayLike, " n"]) -> float:
+    r"""The Pareto $\hat k$ of the importance weights: the shape of a generalised Pareto
+    distribution fitted to their largest values (PSIS, ArviZ's `psislw`, `reff=1`).
+
+    Below 0.5 the weights' tail is light and estimates converge at the usual rate; above
+    `MAX_PARETO_K` (0.7) a few weights dominate and an estimate such as $\log\hat Z$ is
+    not to be trusted, whatever the sample size. Only finite log-weights enter
+    ($-\infty$ is a zero weight). NaN for fewer than 10 of them or for equal weights, whose
+    tail has nothing to fit. On the host (numpy), not jitted.
+    """
+    import warnings
+
+    import arviz as az
+
+    lw = np.asarray(log_weights, dtype=float).ravel()
+    lw = lw[np.isfinite(lw)]
+    if lw.size < 10 or np.all(lw == lw[0]):
+        return math.nan
+    with warnings.catch_warnings():  # ArviZ warns above 0.7; callers report it themselves
+        warnings.simplefilter("ignore")
+        return float(az.psislw(lw - lw.max(), reff=1.0)[1])
+
+
+@jax.jit
+def unique_fraction(x: Float[ArrayLike, "n d"]) -> Float[Array, ""]:
+    """The fraction of the rows of `x` that are distinct: 1 for draws from a continuous
+    law, lower after resampling (duplicated particles). NaN rows count as distinct."""
+    x = jnp.asarray(x)
+    x = x[jnp.lexsort(x.T[::-1])]
+    new = jnp.any(x[1:] != x[:-1], axis=1)
+    return (1 + jnp.sum(new)) / x.shape[0]
 
 
 # --------------------------------------------------------------------------------------

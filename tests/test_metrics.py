@@ -67,6 +67,29 @@ def test_constant_shift_of_log_weights():
     assert 1 / N <= float(metrics.ess(lw)) <= 1
 
 
+@pytest.mark.parametrize("k", [0.25, 1.0])
+def test_pareto_k_of_pareto_weights(k):
+    # weights with a Pareto tail of index 1/k: log w = k * Exp(1). PSIS fits the largest
+    # M = 3 sqrt(n) weights; the estimate's sd is about (1 + k) / sqrt(M).
+    n = 5000
+    lw = k * np.random.default_rng(7).exponential(size=n)
+    sd = (1 + k) / math.sqrt(3 * math.sqrt(n))
+    assert abs(metrics.pareto_k(lw) - k) < 3 * sd
+    assert metrics.pareto_k(lw - 700.0) == pytest.approx(metrics.pareto_k(lw), abs=1e-6)
+    assert metrics.pareto_k(np.append(lw, [-np.inf, np.nan])) == metrics.pareto_k(lw)
+    assert math.isnan(metrics.pareto_k(np.zeros(100))) and math.isnan(metrics.pareto_k(lw[:5]))
+
+
+def test_unique_fraction():
+    x = np.asarray(normal(0, 10, 3))
+    assert float(metrics.unique_fraction(x)) == 1.0
+    x[5] = x[2]
+    x[7] = x[2]
+    x[9, 1] = np.nan
+    assert float(metrics.unique_fraction(x)) == pytest.approx(0.8)
+    assert float(metrics.unique_fraction(x[[0, 0, 0, 0]])) == 0.25
+
+
 def test_zero_weights_are_allowed():
     lw = jnp.array([0.0, -jnp.inf, 0.0, -jnp.inf])
     assert float(metrics.log_Z(lw)) == pytest.approx(math.log(0.5))
@@ -310,6 +333,16 @@ def test_mode_coverage_threshold_and_nonfinite(gmm40):
 # the registered diagnostics
 
 
+def test_diagnostics_are_bounded_by_default():
+    # the most points each default diagnostic compares, whatever the number of samples
+    bounds = {"weights": {"eubo_points": 2000},
+              "sample-quality": {"n_reference": 10_000, "sinkhorn_points": 2000},
+              "w2": {"max_points": 2000, "sliced_points": 10_000}}
+    for name, options in bounds.items():
+        diag = sdekit.create("diagnostic", name)
+        assert {k: getattr(diag, k) for k in options} == options, name
+
+
 def test_diagnostics_are_registered():
     reg = sdekit.registry()
     for name in ("weights", "sample-quality", "w2"):
@@ -323,8 +356,12 @@ def test_weights_diagnostic_from_constructed_samples():
     out = diag(KEY, target=target, samples=sdekit.Samples(x, jnp.full(N, 1.5)))
     assert out["log_Z"] == pytest.approx(1.5, abs=1e-6)
     assert out["log_Z_error"] == pytest.approx(0.0, abs=1e-6)
-    assert out["ess"] == pytest.approx(1.0) and out["elbo"] == pytest.approx(1.5)
+    # equal weights (a resampled population) measure nothing: no ess of 1, no elbo = log Z
+    assert set(out) == {"log_Z", "log_Z_error", "n_nonfinite_weights"}
     assert out["n_nonfinite_weights"] == 0
+    lw = target.log_prob(x[0]) - jax.vmap(target.log_prob)(x)  # unequal
+    out = diag(KEY, target=target, samples=sdekit.Samples(x, lw))
+    assert 0 < out["ess"] < 1 and out["pareto_k"] == metrics.pareto_k(lw)
     lw = jnp.zeros(N).at[0].set(jnp.nan).at[1].set(-jnp.inf)
     out = diag(KEY, target=target, samples=sdekit.Samples(x, lw))
     assert out["n_nonfinite_weights"] == 2 and math.isnan(out["log_Z"])
@@ -350,7 +387,10 @@ def test_weights_diagnostic_gives_eubo_for_a_path_sampler():
     samples = sampler.sample(KEY, N)
     diag = sdekit.create("diagnostic", "weights")
     out = diag(KEY, target=target, sampler=sampler, samples=samples)
-    assert out["eubo"] == pytest.approx(1.5) and out["elbo"] == pytest.approx(1.5)
+    assert out["eubo"] == pytest.approx(1.5) and out["log_Z"] == pytest.approx(1.5)
+    assert out["eubo_points"] == N
+    few = sdekit.create("diagnostic", "weights", eubo_points=10)
+    assert few(KEY, target=target, sampler=sampler, samples=samples)["eubo_points"] == 10
     assert "eubo" not in diag(KEY, target=_NoExactSamples(), sampler=sampler, samples=samples)
 
 
@@ -373,7 +413,9 @@ def test_sample_quality_diagnostic(gmm40):
     n = N
     exact = mixture_samples(gmm40.mixture, 28, n)
     out = diag(KEY, target=gmm40, samples=sdekit.Samples(exact))
-    assert set(out) == {"mmd", "sinkhorn", "sinkhorn_converged", "mode_coverage", "emc"}
+    assert set(out) == {"mmd", "sinkhorn", "sinkhorn_converged", "mode_coverage", "emc",
+                        "mmd_points", "sinkhorn_points"}
+    assert out["mmd_points"] == out["sinkhorn_points"] == n
     assert out["mode_coverage"] == 1.0 and out["emc"] > 0.97
     assert abs(out["mmd"]) < 5 * math.sqrt(4 / (n * (n - 1)) + 4 / n**2)  # null, E k~^2 <= 1
     assert out["sinkhorn_converged"] is True and out["sinkhorn"] > 0
@@ -410,7 +452,8 @@ def test_w2_diagnostic():
     exact = normal(31) + 1.0  # the default gaussian target: N(1, I)
     good = diag(KEY, target=target, samples=sdekit.Samples(exact))
     far = diag(KEY, target=target, samples=sdekit.Samples(exact + 3.0))
-    assert set(good) == {"w2", "sliced_w2"}
+    assert set(good) == {"w2", "sliced_w2", "w2_points", "sliced_w2_points"}
+    assert good["w2_points"] == 300 and good["sliced_w2_points"] == N
     # |W2(x + m, ref) - |m|| <= W2(x, ref): far is about |m| = 3 sqrt 2, good is small
     # (the same key gives the same subsample and reference points)
     assert abs(far["w2"] - 3 * math.sqrt(2)) <= good["w2"] + 1e-6

@@ -176,6 +176,20 @@ def test_smc_log_Z(name, true_log_Z):
     assert runs.std(ddof=1) < 0.2
 
 
+def test_smc_ess_is_that_of_its_last_importance_step():
+    # One tempering step from N(0, sigma^2 I) to N(0, I) in d = 2: its weights are
+    # N(x; 0, I) / N(x; 0, sigma^2 I) at prior draws (the HMC moves at beta = 0 keep the
+    # prior), whose normalised ESS tends to (sqrt(2 sigma^2 - 1) / sigma^2)^d = 7/16 for
+    # sigma = 2; the delta-method sd at n = 4000 is about 0.018. The returned particles'
+    # ESS would be 1 by construction.
+    target = sdekit.create("target", "gaussian", mean=[0.0, 0.0])
+    sampler = sdekit.compose(target, {"name": "smc", "steps": 1, "sigma": 2.0})
+    _, stats = sampler.sample_with_stats(jax.random.key(0), 4000)
+    assert float(stats["ess"]) == float(stats["min_ess"])
+    assert abs(float(stats["ess"]) - 7 / 16) < 5 * 0.018
+    assert 0.5 < float(stats["unique_fraction"]) <= 1.0
+
+
 def test_nuts_moments_on_gaussian():
     target = _target("gaussian")
     sampler = sdekit.compose(target, {"name": "nuts", "num_warmup": 150, "chains": 2})

@@ -1,12 +1,14 @@
 """Reliability: no run hangs, a run that produced nothing usable fails, honest weights
 metrics, failures that name their cause and fix, bounded diagnostics."""
 
+import ast
 import json
 import os
 import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -64,22 +66,23 @@ def test_configure_xla_appends_and_keeps_the_users_flags():
 
 
 class _Bad(sdekit.AbstractSampler):
-    """Standard-normal samples of which the first `nan_rows` are NaN, with log-weights of
-    which the first `nan_weights` are NaN."""
+    """Standard-normal samples of which the first `nan_rows` are NaN, with log-weights
+    `tilt * sum(x)` of which the first `nan_weights` are NaN."""
 
     target: sdekit.AbstractTarget
     nan_rows: int = eqx.field(static=True)
     nan_weights: int = eqx.field(static=True)
+    tilt: float
 
     def sample(self, key, n):
         x = jax.random.normal(key, (n, self.target.dim)).at[: self.nan_rows].set(jnp.nan)
-        lw = jax.vmap(self.target.log_prob)(x).at[: self.nan_weights].set(jnp.nan)
+        lw = (self.tilt * jnp.sum(x, axis=1)).at[: self.nan_weights].set(jnp.nan)
         return sdekit.Samples(x, lw)
 
 
-def _bad(target, nan_rows: int = 0, nan_weights: int = 0) -> _Bad:
-    """A test sampler with non-finite samples or log-weights."""
-    return _Bad(sdekit.resolve_part("target", target), nan_rows, nan_weights)
+def _bad(target, nan_rows: int = 0, nan_weights: int = 0, tilt: float = 0.1) -> _Bad:
+    """A test sampler with non-finite samples or log-weights, or heavy-tailed weights."""
+    return _Bad(sdekit.resolve_part("target", target), nan_rows, nan_weights, tilt)
 
 
 class _BadPlugin:
@@ -96,9 +99,9 @@ def bad_sampler(monkeypatch):
     sdekit.unregister_plugin("sdekit-test-bad")
 
 
-def _sample(tmp_path, *sets):
+def _sample(tmp_path, *sets, n=40):
     out = tmp_path / "out"
-    args = ["sample", "gaussian", "--sampler", "test-bad", "-n", "40", "--out", str(out)]
+    args = ["sample", "gaussian", "--sampler", "test-bad", "-n", str(n), "--out", str(out)]
     result = CliRunner().invoke(cli, [*args, *(a for s in sets for a in ("--set", s))])
     return result, out
 
@@ -146,3 +149,107 @@ def test_mostly_nan_log_weights_fail_naming_the_target_or_the_weights(bad_sample
 def _float32_nan(x):
     """log N(x; 0, I) + log(0.5), with the 0.5 computed so that float32 makes it log(-0.5)."""
     return -0.5 * x @ x + jnp.log(((jnp.ones(()) + 1e-9) - 1.0) * 1e9 - 0.5)
+
+
+# --------------------------------------------------------------------------------------
+# Honest weights metrics
+
+
+def test_untrustworthy_weights_warn_and_good_ones_do_not(bad_sampler, tmp_path):
+    # log-weights tilt * sum(x), x ~ N(0, I_2): lognormal weights, log-sd tilt * sqrt(2)
+    result, out = _sample(tmp_path, "sampler.tilt=4.0", n=400)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ess"] < 0.01 and metrics["pareto_k"] > 0.7
+    assert [w.split(":")[0] for w in metrics["warnings"]] == ["ess = %.3g < 0.01" % metrics["ess"],
+                                                               "pareto_k = %.2f > 0.7" % metrics["pareto_k"]]
+    assert all(w.endswith("log_Z and weighted estimates are not to be trusted")
+               for w in metrics["warnings"])
+    assert result.stderr.count("not to be trusted") == 2
+    result, out = _sample(tmp_path, "sampler.tilt=0.1", n=400)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ess"] > 0.9 and metrics["pareto_k"] < 0.5 and "warnings" not in metrics
+    assert "not to be trusted" not in result.stderr
+
+
+# --------------------------------------------------------------------------------------
+# Failures name their cause and fix, in one line without doubled punctuation
+
+#: Two full stops that are not an ellipsis or a relative path, or a stop beside a comma,
+#: semicolon or colon (not a number's, as numpy prints `[0., 1.]`).
+_DOUBLED = re.compile(r"(?<![.\w])\.\.(?![./\w])|\w\.\.(?![./\w])|[,;:]\s*\.(?![./\w])|(?<![\d.])\.\s*[,;]")
+
+_USER_CODE = textwrap.dedent('''
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+
+    def nan_density(x):
+        return jnp.log(x[0] - 100.0)
+
+    def raising_density(x):
+        raise ValueError("this density cannot be evaluated.")
+
+    def failing_model():
+        numpyro.sample("s", dist.Normal(0, 1))
+        raise ValueError("bad rate parameter.")
+
+    def float32_model(y=jnp.ones(3)):
+        # a rate of 0.5 in float64 that float32 rounds to -0.5
+        s = numpyro.sample("s", dist.Normal(0, 1))
+        rate = ((jnp.ones(()) + 1e-9 - 1.0) * 1e9 - 0.5) * jnp.exp(s)
+        numpyro.sample("y", dist.Poisson(rate, validate_args=True), obs=y)
+''')
+
+
+def _bad_inputs(tmp_path):
+    code = tmp_path / "user.py"
+    code.write_text(_USER_CODE)
+    return {
+        "unknown target": ["sample", "no-such-target"],
+        "unknown option": ["sample", "gaussian", "--set", "sampler.no_such_option=1"],
+        "bad value": ["sample", "gaussian", "--set", "target.scale=-1.0"],
+        "bad steps": ["sample", "gaussian", "--steps", "0"],
+        "unknown sampler": ["show", "sampler", "no-such-sampler"],
+        "not a run": ["diagnose", str(tmp_path)],
+        "nan density": ["sample", f"{code}:nan_density", "--set", "target.dim=2"],
+        "raising density": ["sample", f"{code}:raising_density", "--set", "target.dim=2"],
+        "failing model": ["sample", f"numpyro:{code}:failing_model"],
+        "float32 model": ["sample", f"numpyro:{code}:float32_model"],
+    }
+
+
+def test_bad_inputs_give_one_line_without_doubled_punctuation(tmp_path):
+    runner = CliRunner()
+    errors = {}
+    for what, args in _bad_inputs(tmp_path).items():
+        result = runner.invoke(cli, args)
+        lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+        assert result.exit_code != 0 and len(lines) == 1, (what, result.output)
+        assert "Traceback" not in result.output, what
+        errors[what] = lines[0]
+    for what, line in errors.items():
+        assert not _DOUBLED.search(line), (what, line)
+    assert "float32 is the likely cause" in errors["float32 model"]
+    assert "JAX_ENABLE_X64=1" in errors["float32 model"]
+    assert "bad rate parameter" in errors["failing model"]
+    assert "JAX_ENABLE_X64" not in errors["failing model"]
+    assert "x = [0., 0.]" in errors["nan density"]
+
+
+def test_raise_sites_have_no_doubled_punctuation():
+    """The literal text of every `raise ...(...)` message in the core and the plugins."""
+    root = Path(sdekit.__file__).parent.parent
+    found = []
+    for path in [*root.joinpath("sdekit").rglob("*.py"), *root.joinpath("plugins").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
+                continue
+            for arg in node.exc.args:
+                text = "".join(
+                    part.value if isinstance(part, ast.Constant) and isinstance(part.value, str)
+                    else "{}" for part in (arg.values if isinstance(arg, ast.JoinedStr) else [arg]))
+                if _DOUBLED.search(text) or text.rstrip().endswith((",.", ";.", ":.")):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: {text}")
+    assert not found, "\n".join(found)

@@ -1,7 +1,7 @@
 """Diagnostics: `weights`, `sample-quality` and `w2`.
 
-The metric functions behind them (`log_Z`, `elbo`, `eubo`, `ess`, `mmd`, `sinkhorn`, `w2`,
-`sliced_w2`, `mode_coverage`, `emc`) live in the core, `sdekit.metrics`; the names
+The metric functions behind them (`log_Z`, `elbo`, `eubo`, `ess`, `pareto_k`,
+`unique_fraction`, `mmd`, `sinkhorn`, `w2`, `sliced_w2`, `mode_coverage`, `emc`) live in the core, `sdekit.metrics`; the names
 re-exported here are those same functions.
 """
 
@@ -9,6 +9,8 @@ import sdekit
 
 from ._diagnostics import W2, SampleQuality, Weights
 from sdekit.metrics import (
+    MAX_PARETO_K,
+    MIN_ESS,
     W2_MAX_POINTS,
     SinkhornResult,
     elbo,
@@ -19,12 +21,16 @@ from sdekit.metrics import (
     mmd,
     mode_counts,
     mode_coverage,
+    pareto_k,
     sinkhorn,
     sliced_w2,
+    unique_fraction,
     w2,
 )
 
 __all__ = [
+    "MAX_PARETO_K",
+    "MIN_ESS",
     "W2",
     "W2_MAX_POINTS",
     "SampleQuality",
@@ -38,8 +44,10 @@ __all__ = [
     "mmd",
     "mode_counts",
     "mode_coverage",
+    "pareto_k",
     "sinkhorn",
     "sliced_w2",
+    "unique_fraction",
     "w2",
 ]
 

@@ -12,7 +12,9 @@ from jaxtyping import PRNGKeyArray
 
 from sdekit import AbstractDiagnostic, AbstractPathSampler, AbstractSampler, AbstractTarget, Samples
 
-from sdekit.metrics import elbo, emc, ess, eubo, log_Z, mmd, mode_coverage, sinkhorn, sliced_w2, w2
+from sdekit.metrics import (
+    elbo, emc, ess, eubo, log_Z, mmd, mode_coverage, pareto_k, sinkhorn, sliced_w2, w2,
+)
 
 
 def _finite_rows(x: np.ndarray) -> np.ndarray:
@@ -36,17 +38,29 @@ def _exact_target(target: AbstractTarget | None) -> bool:
 
 
 class Weights(AbstractDiagnostic):
-    """Importance-weight metrics: `log_Z`, `elbo`, `ess`, `log_Z_error`, `n_nonfinite_weights`.
+    r"""Importance-weight metrics: `log_Z`, `elbo`, `ess`, `pareto_k`, `log_Z_error`, `n_nonfinite_weights`.
 
     From `samples.log_weights` (nothing if the sampler gives none): `log_Z` is
-    $\\log\\frac1N\\sum_i w_i$, `elbo` the mean log-weight, `ess` the normalised effective
-    sample size in $(0, 1]$, `log_Z_error` is `log_Z - target.log_Z` where the target's
-    $\\log Z$ is known, and `n_nonfinite_weights` counts log-weights that are NaN or
-    $\\pm\\infty$ ($-\\infty$ is a zero weight and enters the sums as such; a NaN makes
-    `log_Z`, `elbo` and `ess` NaN, written as `null`). For an `sdekit.AbstractPathSampler`
-    (one with `backward_log_weights`, such as the trained samplers) and a target with exact samples, `eubo`
-    is the mean log-weight of as many trajectories run backwards from exact samples.
+    $\log\frac1N\sum_i w_i$, `elbo` the mean log-weight, `ess` the normalised effective
+    sample size in $(0, 1]$, `pareto_k` the Pareto $\hat k$ of the weights' tail
+    (`sdekit.metrics.pareto_k`: above 0.7 `log_Z` is not to be trusted), `log_Z_error` is
+    `log_Z - target.log_Z` where the target's $\log Z$ is known, and
+    `n_nonfinite_weights` counts log-weights that are NaN or $\pm\infty$ ($-\infty$ is a
+    zero weight and enters the sums as such; a NaN makes `log_Z`, `elbo` and `ess` NaN,
+    written as `null`).
+
+    Equal log-weights, as a resampling sampler (`smc`, `scld`) returns, each carrying
+    $\log\hat Z$, measure nothing about the samples: their `ess` would be 1 and their
+    `elbo` $\log\hat Z$ by construction, so only `log_Z` (and `log_Z_error`) is given; such
+    samplers report the ESS of their importance steps in their own statistics (`ess`,
+    `min_ess`, `unique_fraction`, which `sdekit.run` records). For an
+    `sdekit.AbstractPathSampler` (one with `backward_log_weights`, such as the trained
+    samplers) and a target with exact samples, `eubo` is the mean log-weight of
+    `eubo_points` trajectories (at most as many as samples; the number used is returned as
+    `eubo_points`) run backwards from exact samples: about the cost of sampling as many.
     """
+
+    eubo_points: int = 2000
 
     def __call__(
         self,
@@ -59,19 +73,19 @@ class Weights(AbstractDiagnostic):
         if samples is None or samples.log_weights is None:
             return {}
         lw = np.asarray(samples.log_weights)
-        out: dict[str, float | int] = {
-            "log_Z": float(log_Z(lw)),
-            "elbo": float(elbo(lw)),
-            "ess": float(ess(lw)),
-        }
+        out: dict[str, float | int] = {"log_Z": float(log_Z(lw))}
+        if not np.all(lw == lw[0]):
+            out.update(elbo=float(elbo(lw)), ess=float(ess(lw)), pareto_k=pareto_k(lw))
         known = None if target is None else target.log_Z
         if known is not None:
             out["log_Z_error"] = out["log_Z"] - float(known)
         out["n_nonfinite_weights"] = int(np.sum(~np.isfinite(lw)))
         if isinstance(sampler, AbstractPathSampler) and _exact_target(target):
             k_x, k_path = jax.random.split(key)
-            x = target.sample(k_x, lw.shape[0])
+            m = min(lw.shape[0], self.eubo_points)
+            x = target.sample(k_x, m)
             out["eubo"] = float(eubo(sampler.backward_log_weights(k_path, x)))
+            out["eubo_points"] = m
         return out
 
 
@@ -85,7 +99,9 @@ class SampleQuality(AbstractDiagnostic):
     the entropic OT cost with squared-euclidean cost on `sinkhorn_points` per side (random
     subsets) and
     `epsilon` relative to the mean cost (`sinkhorn_converged` says whether Sinkhorn
-    converged). Targets with no exact sampler get no `mmd` or `sinkhorn`.
+    converged). Targets with no exact sampler get no `mmd` or `sinkhorn`. The numbers of
+    points used per side are returned as `mmd_points` and `sinkhorn_points`: the cost is
+    O(`mmd_points`²) kernel evaluations and O(`sinkhorn_points`²) per Sinkhorn iteration.
 
     When the target is a Gaussian mixture of two or more components (`target.mixture`),
     `mode_coverage` (fraction of components holding at least `coverage_threshold` of all
@@ -125,6 +141,7 @@ class SampleQuality(AbstractDiagnostic):
             return out
         ref = np.asarray(target.sample(key, m)).astype(xf.dtype)
         out["mmd"] = float(mmd(xf, ref))  # median heuristic on an evenly strided subsample
+        out["mmd_points"] = m
         k = self.sinkhorn_points
         result = sinkhorn(
             _at_most(xf, k, rng), _at_most(ref, k, rng), self.epsilon, max_points=k,
@@ -132,6 +149,7 @@ class SampleQuality(AbstractDiagnostic):
         )
         out["sinkhorn"] = float(result.cost)
         out["sinkhorn_converged"] = bool(result.converged)
+        out["sinkhorn_points"] = min(k, m)
         return out
 
 
@@ -140,8 +158,9 @@ class W2(AbstractDiagnostic):
 
     On the finite rows of the raw samples. `w2` solves the exact assignment problem
     between `max_points` samples and as many exact ones (at most 5000: O(n³)); `sliced_w2`
-    uses `projections` random directions on up to `sliced_points` samples. Nothing for
-    targets with no exact sampler.
+    uses `projections` random directions on up to `sliced_points` samples. The numbers
+    used are returned as `w2_points` and `sliced_w2_points`. Nothing for targets with no
+    exact sampler.
     """
 
     max_points: int = 2000
@@ -170,4 +189,6 @@ class W2(AbstractDiagnostic):
             "sliced_w2": float(
                 sliced_w2(xf, ref, jax.random.fold_in(key, 1), projections=self.projections)
             ),
+            "w2_points": k,
+            "sliced_w2_points": m,
         }

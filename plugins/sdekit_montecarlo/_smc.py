@@ -10,6 +10,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 import sdekit
 from sdekit import AbstractSampler, AbstractTarget, Samples, gaussian_log_prob
+from sdekit.metrics import unique_fraction
 
 from ._checks import check_int, check_positive
 
@@ -39,8 +40,11 @@ class SMC(AbstractSampler):
 
     **Log-weights:** the returned particles are equally weighted, so each carries
     $\log\hat Z$: `sdekit.log_Z_estimate(log_weights)` is the SMC estimate (unbiased for
-    $Z$) and the ESS of these weights is 1 by construction; `sample_with_stats` reports the
-    smallest per-step ESS instead (`min_ess`, a fraction of $N$).
+    $Z$); the ESS of these weights would be 1 by construction and says nothing. So
+    `sample_with_stats` reports, as fractions of $N$, `ess`: the ESS of the last
+    importance step (the reweighting to $\beta = 1$, before its resampling), `min_ess`: the
+    smallest over the $K$ importance steps, and `unique_fraction`: the distinct returned
+    particles (duplicates of resampling that the last HMC moves did not separate).
 
     Cost per step and particle: one value and gradient at the HMC start, `mcmc_steps *
     leapfrog` gradients, one value for the weight: $(K+1)\,N\,(2 + \text{mcmc\_steps}\cdot\text{leapfrog})$
@@ -114,16 +118,18 @@ class SMC(AbstractSampler):
         keys = jax.random.split(k_steps, betas.shape[0])
         init = (state, jnp.asarray(self.step_size, dtype=float), jnp.zeros(()))
         (state, _, log_Z), (accept, ess) = jax.lax.scan(step, init, (betas, keys))
-        return state.particles, log_Z, jnp.mean(accept), jnp.min(ess)
+        # the last scan step moves at beta = 1 without reweighting: its ESS is 1
+        return state.particles, log_Z, jnp.mean(accept), ess[-2], jnp.min(ess[:-1])
 
     def sample(self, key: PRNGKeyArray, n: int) -> Samples:
         return self.sample_with_stats(key, n)[0]
 
     def sample_with_stats(self, key: PRNGKeyArray, n: int) -> tuple[Samples, dict]:
-        """`n` equally weighted particles carrying $\\log\\hat Z$, and
-        `{"target_evaluations", "accept_prob", "min_ess"}`."""
-        x, log_Z, accept, min_ess = self._run(key, n)
-        stats = {"target_evaluations": self.target_evaluations(n), "accept_prob": accept, "min_ess": min_ess}
+        """`n` equally weighted particles carrying $\\log\\hat Z$, and `{"target_evaluations",
+        "accept_prob", "ess", "min_ess", "unique_fraction"}`."""
+        x, log_Z, accept, ess, min_ess = self._run(key, n)
+        stats = {"target_evaluations": self.target_evaluations(n), "accept_prob": accept,
+                 "ess": ess, "min_ess": min_ess, "unique_fraction": unique_fraction(x)}
         return Samples(x, jnp.full((n,), log_Z)), stats
 
 

@@ -25,6 +25,27 @@ def _trace(model: Callable, args: tuple, kwargs: dict) -> dict:
     return numpyro.handlers.trace(seeded).get_trace(*args, **kwargs)
 
 
+def _runs_in_float64(model: Callable, args: tuple, kwargs: dict) -> bool:
+    """Whether one run of the model succeeds with float64 arithmetic (`jax.enable_x64`)."""
+    with jax.enable_x64(True):
+        try:
+            _trace(model, args, kwargs)
+        except Exception:  # noqa: BLE001 - any failure: float32 is not the only cause
+            return False
+    return True
+
+
+def _hint(model: Callable, args: tuple, kwargs: dict, e: Exception) -> str:
+    """What to try after the model failed with `e`: its data, or float64."""
+    if isinstance(e, TypeError):
+        return (". Does it get its data? (model_args/model_kwargs; on the command line a "
+                "`data` dict in its file, or --set target.data=NAME)")
+    if jnp.zeros(()).dtype != jnp.float64 and _runs_in_float64(model, args, kwargs):
+        return (". It runs in float64, so float32 is the likely cause (e.g. a jitter or "
+                "scale below float32's resolution): run with JAX_ENABLE_X64=1")
+    return ""
+
+
 def _latent_values(model: Callable, args: tuple, kwargs: dict) -> dict[str, Array]:
     """The latent sites' values in one run of the model (a prior draw); `TargetError` for a
     model that fails to run or has discrete latent sites."""
@@ -32,12 +53,9 @@ def _latent_values(model: Callable, args: tuple, kwargs: dict) -> dict[str, Arra
     try:
         trace = _trace(model, args, kwargs)
     except Exception as e:
-        hint = (" Does it get its data? (model_args/model_kwargs; on the command line a "
-                "`data` dict in its file, or --set target.data=NAME)"
-                if isinstance(e, TypeError) else "")
         raise TargetError(
             f"NumPyro model {name!r} failed when run with its data: {type(e).__name__}: "
-            f"{(str(e).strip().splitlines() or [''])[0]}.{hint}"
+            f"{(str(e).strip().splitlines() or [''])[0].rstrip('. ')}{_hint(model, args, kwargs, e)}"
         ) from e
     latent = {k: s for k, s in trace.items() if s["type"] == "sample" and not s["is_observed"]}
     discrete = [k for k, s in latent.items() if getattr(s["fn"], "is_discrete", False)]
