@@ -14,6 +14,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -122,6 +125,43 @@ def default_directory(cfg: Mapping[str, Any]) -> Path:
     return Path(f"runs/{short_name(cfg['target']['name'])}-{cfg['sampler']['name']}")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Phases:
+    """The phases of a run (compile, train, sample, diagnose): each shown on stderr with
+    its duration when `progress`, and, with a `watchdog` of S seconds, one that runs for
+    longer than S ends the process (exit status 3) with a one-line error. A compiled
+    program that hangs cannot be interrupted from Python, so ending the process is the
+    only way out."""
+
+    progress: bool = False
+    watchdog: float | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        if self.progress:
+            print(f"{name}...", file=sys.stderr, flush=True)
+        timer = None
+        if self.watchdog is not None:
+            timer = threading.Timer(self.watchdog, _expired, (name, self.watchdog))
+            timer.daemon = True
+            timer.start()
+        try:
+            yield
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if self.progress:
+            print(f"{name}: {time.perf_counter() - t0:.3g} s", file=sys.stderr, flush=True)
+
+
+def _expired(name: str, seconds: float) -> None:
+    print(f"Error: the {name} phase made no progress for {seconds:g} s (the watchdog "
+          f"limit): stopped. If it only needs longer, raise --watchdog; if the process sat at "
+          f"0% CPU, see 'A run that hangs' in docs/performance.md", file=sys.stderr, flush=True)
+    os._exit(3)
+
+
 class _HideCallbackFailure(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.getMessage() != "jax.pure_callback failed"
@@ -175,15 +215,16 @@ def _check_samples(samples: Any, n: int, name: str) -> np.ndarray:
     return x
 
 
-def _sample(sampler: AbstractSampler, cfg: Mapping[str, Any], strict: bool
-            ) -> tuple[Samples, dict[str, Any]]:
+def _sample(sampler: AbstractSampler, cfg: Mapping[str, Any], strict: bool,
+            phases: _Phases = _Phases()) -> tuple[Samples, dict[str, Any]]:
     """Draw `cfg["n"]` samples (jitted; compilation timed apart) and the run's metrics,
     the sampler's statistics (`sample_with_stats`) included."""
     n, key = cfg["n"], jax.random.PRNGKey(cfg["seed"])
     t0 = time.perf_counter()
-    compiled = _compiled(sampler, key, n)
+    with phases("compile"):
+        compiled = _compiled(sampler, key, n)
     t1 = time.perf_counter()
-    with _runtime_errors("sampling", strict):
+    with _runtime_errors("sampling", strict), phases("sample"):
         samples, stats = jax.block_until_ready(compiled(sampler, key, n))
     t2 = time.perf_counter()
     x = _check_samples(samples, n, cfg["sampler"]["name"])
@@ -276,12 +317,21 @@ def _untrusted(metrics: Mapping[str, Any]) -> list[str]:
     return [f"{w}; log_Z and weighted estimates are not to be trusted" for w in found]
 
 
+def _warn_untrusted(metrics: dict[str, Any]) -> None:
+    """Each reason of `_untrusted` as a `RunWarning` and a line of `metrics["warnings"]`."""
+    untrusted = _untrusted(metrics)
+    if untrusted:
+        metrics["warnings"] = untrusted
+    for warning in untrusted:
+        warnings.warn(warning, RunWarning, stacklevel=3)
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
 def _evaluate(diagnostics: Mapping[str, AbstractDiagnostic], key: PRNGKeyArray, target,
-              sampler, samples, *, draw: bool, strict: bool
+              sampler, samples, *, draw: bool, strict: bool, phases: _Phases = _Phases()
               ) -> tuple[dict[str, dict[str, Any]], dict[str, str], dict[str, bytes | None]]:
     """Each diagnostic's values (JSON-safe), errors by name, and figures where `draw`.
 
@@ -293,8 +343,9 @@ def _evaluate(diagnostics: Mapping[str, AbstractDiagnostic], key: PRNGKeyArray, 
     figures: dict[str, bytes | None] = {}
     for name, diagnostic in diagnostics.items():
         try:
-            found = jax.block_until_ready(dict(diagnostic(
-                key, target=target, sampler=sampler, samples=samples)))
+            with phases(f"diagnose {name}"):
+                found = jax.block_until_ready(dict(diagnostic(
+                    key, target=target, sampler=sampler, samples=samples)))
             if draw:
                 fig = diagnostic.plot(found)
                 figures[name] = None if fig is None else figure_png(fig)
@@ -309,7 +360,8 @@ def _evaluate(diagnostics: Mapping[str, AbstractDiagnostic], key: PRNGKeyArray, 
 
 
 def _run_diagnostics(names: Sequence[str] | None, sampler, target, samples,
-                     cfg: Mapping[str, Any], metrics: dict[str, Any], strict: bool) -> None:
+                     cfg: Mapping[str, Any], metrics: dict[str, Any], strict: bool,
+                     phases: _Phases = _Phases()) -> None:
     """Add the values of the registered diagnostics among `names` to `metrics`; a value
     whose name is taken is prefixed with its diagnostic's (`NAME.key`)."""
     registered = registry().entries["diagnostic"]
@@ -318,7 +370,7 @@ def _run_diagnostics(names: Sequence[str] | None, sampler, target, samples,
     key = jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 1)
     t0 = time.perf_counter()
     values, errors, _ = _evaluate(chosen, key, target, sampler, samples, draw=False,
-                                  strict=strict)
+                                  strict=strict, phases=phases)
     for name, found in values.items():
         for k, v in found.items():
             metrics[k if k not in metrics and k not in RUN_KEYS else f"{name}.{k}"] = v
@@ -339,7 +391,8 @@ def _train(sampler: AbstractSampler, cfg: Mapping[str, Any], out: Path | None, r
         if not resume:
             io.write_files(out, {"config.toml": io.toml_dumps(cfg), "checkpoint.eqx": None})
     key = jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 2)
-    trained, history = train(sampler, key, checkpoint=checkpoint, progress=progress)
+    with _Phases(progress)("train"):  # shown, not watched: training shows its own progress
+        trained, history = train(sampler, key, checkpoint=checkpoint, progress=progress)
     return trained, float(history["train_seconds"])
 
 
@@ -382,6 +435,7 @@ def run(
     resume: bool = False,
     diagnostics: Sequence[str] | None = None,
     strict: bool = False,
+    watchdog: float | None = None,
 ) -> Run:
     """Compose, train, sample, diagnose and (with `out`) write the run `config` describes.
 
@@ -404,13 +458,18 @@ def run(
     with `out` it writes `metrics.json` with `"status": "failed"` and the message, and
     removes any `samples.npz` and `samples.png` there. Otherwise, with `out`, the files
     `OUTPUT_FILES` are written atomically at the end (`metrics["status"]` is `"ok"`).
-    `strict=True` raises what would otherwise be a warning.
+    `strict=True` raises what would otherwise be a warning. With `progress`, each phase
+    (train, compile, sample, diagnose NAME) is shown on stderr with its duration; with a
+    `watchdog` of S seconds, a compile, sample or diagnose phase that runs longer than S
+    ends the process with a one-line error (exit status 3). Training is not watched: it
+    shows its own progress.
     """
     out = None if out is None else io.check_writable_dir(out)
     cfg = _config_of(config, out, resume)
     sampler, target = compose_config(cfg)
+    phases = _Phases(progress, watchdog)
     sampler, train_seconds = _train(sampler, cfg, out, resume, progress)
-    samples, sampled = _sample(sampler, cfg, strict)
+    samples, sampled = _sample(sampler, cfg, strict, phases)
     metrics = {"status": "ok",
                **{k: sampled[k] for k in ("n", "dim", "seed", "n_nonfinite", "has_log_weights")},
                "train_seconds": train_seconds, **sampled}
@@ -420,12 +479,8 @@ def run(
     if metrics["n_nonfinite"]:
         warnings.warn(f"{metrics['n_nonfinite']} of {cfg['n']} samples are not finite (kept "
                       f"in samples.npz, counted in metrics.json)", RunWarning, stacklevel=2)
-    _run_diagnostics(diagnostics, sampler, target, samples, cfg, metrics, strict)
-    untrusted = _untrusted(metrics)
-    if untrusted:
-        metrics["warnings"] = untrusted
-    for warning in untrusted:
-        warnings.warn(warning, RunWarning, stacklevel=2)
+    _run_diagnostics(diagnostics, sampler, target, samples, cfg, metrics, strict, phases)
+    _warn_untrusted(metrics)
     result = Run(cfg, sampler, target, samples, metrics, out)
     if out is not None:
         _write(result, strict)

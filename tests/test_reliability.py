@@ -253,3 +253,51 @@ def test_raise_sites_have_no_doubled_punctuation():
                 if _DOUBLED.search(text) or text.rstrip().endswith((",.", ";.", ":.")):
                     found.append(f"{path.relative_to(root)}:{node.lineno}: {text}")
     assert not found, "\n".join(found)
+
+
+# --------------------------------------------------------------------------------------
+# Phases and the watchdog
+
+
+def test_the_progress_display_names_each_phase(bad_sampler, tmp_path):
+    result, _ = _sample(tmp_path)
+    assert result.exit_code == 0, result.output
+    shown = [line.split(":")[0] for line in result.stderr.splitlines() if line.endswith(" s")]
+    assert shown == ["compile", "sample", "diagnose weights"], result.stderr
+
+
+def test_the_watchdog_ends_a_phase_that_runs_too_long(tmp_path):
+    # a target whose log-density sleeps 0.1 s on the host: sampling takes about 5 s
+    code = tmp_path / "slow.py"
+    code.write_text(textwrap.dedent("""
+        import time, jax, jax.numpy as jnp
+
+        def _sleep(x):
+            time.sleep(0.1)
+            return x
+
+        @jax.custom_jvp
+        def _slow_identity(v):
+            out = jax.ShapeDtypeStruct((), v.dtype)
+            return jax.pure_callback(_sleep, out, v, vmap_method="sequential")
+
+        @_slow_identity.defjvp
+        def _(primals, tangents):
+            return _slow_identity(primals[0]), tangents[0]
+
+        def slow(x):
+            return -0.5 * _slow_identity(x @ x)
+    """))
+    args = ["-m", "sdekit", "sample", f"{code}:slow", "--set", "target.dim=1", "--sampler",
+            "reverse-sde", "--score", "mc-score", "--steps", "2", "-n", "1", "--set",
+            "score.draws=25", "--set", "score.chunk=25", "--watchdog", "1", "--out",
+            str(tmp_path / "out")]
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 3, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    # compiling may itself take over a second on a loaded machine: either phase is ended
+    assert len(errors) == 1 and re.fullmatch(
+        r"Error: the (compile|sample) phase made no progress for 1 s \(the watchdog limit\): "
+        r"stopped\. If it only needs longer, raise --watchdog; if the process sat at 0% CPU, "
+        r"see 'A run that hangs' in docs/performance\.md", errors[0]), done.stderr
+    assert not (tmp_path / "out" / "samples.npz").exists()
