@@ -348,10 +348,13 @@ def _check_bounds(n: int | None, steps: int | None, seed: int | None) -> None:
               metavar="FILE.toml", help="Start from this configuration; flags override it.")
 @click.option("--out", "-o", type=click.Path(), metavar="DIR",
               help="Output directory [default: runs/TARGET-SAMPLER].")
+@click.option("--watchdog", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              envvar="SDEKIT_WATCHDOG", help="End the run with an error when compiling, "
+              "sampling or one diagnostic takes longer than SECONDS (also SDEKIT_WATCHDOG).")
 @click.option("--dry-run", is_flag=True,
               help="Resolve and compose, print the configuration, write nothing.")
 def sample(target, sampler, process, score, controller, steps, train_iters, batch, resume_dir,
-           n, seed, sets, config_path, out, dry_run) -> None:
+           n, seed, sets, config_path, out, watchdog, dry_run) -> None:
     """Draw samples from TARGET and write them with metrics and a plot (`sdekit.run`).
 
     With no TARGET, --sampler or --config: the default job, the 40-mode Gaussian mixture
@@ -398,7 +401,7 @@ def sample(target, sampler, process, score, controller, steps, train_iters, batc
     click.echo(f"sampling {cfg['n']} points from {cfg['target']['name']} with "
                f"{cfg['sampler']['name']} (seed {cfg['seed']})...", err=True)
     result = sdekit.run(cfg, out=out_dir, progress=True, resume=resume_dir is not None,
-                        strict=_debugging())
+                        strict=_debugging(), watchdog=watchdog)
     _echo_rows(run_rows(result))
     click.echo(f"wrote {out_dir}/ ({', '.join(p for p in _run.OUTPUT_FILES if (out_dir / p).exists())})")
 
