@@ -23,9 +23,11 @@ def _missing(flags: str) -> list[str]:
 
 
 def _cpu_backend_started() -> bool:
-    from jax._src import xla_bridge  # only asked: a public query does not exist
-
-    if not xla_bridge.backends_are_initialized():
+    try:  # a private name (there is no public query): without it, no warning
+        from jax._src.xla_bridge import backends_are_initialized
+    except ImportError:
+        return False
+    if not backends_are_initialized():
         return False
     import jax
 
