@@ -39,7 +39,7 @@ from .metrics import MAX_PARETO_K, MIN_ESS
 from ._plot import figure_png, plot_png
 from ._plugins import registry
 from ._sampler import AbstractDiffusionSampler, AbstractSampler, Samples
-from ._target import AbstractTarget, float32_hint
+from ._target import AbstractTarget, _fmt, float32_hint
 from ._target_spec import short_name
 from ._train import AbstractTrainable, load_checkpoint, train
 
@@ -267,11 +267,7 @@ def _bad_weights(target: AbstractTarget, x: np.ndarray, bad: int, n: int) -> str
                 f"near the target's, or JAX_ENABLE_X64=1")
     points = x[rows[off]]
     return (f"{head}: the target's log-density is {values[off[0]]} at {len(off)} of the "
-            f"samples, e.g. x = {_fmt_point(points[0])}{float32_hint(target, points[:8])}")
-
-
-def _fmt_point(x: np.ndarray) -> str:
-    return np.array2string(x, precision=4, separator=", ", threshold=8, edgeitems=3)
+            f"samples, e.g. x = {_fmt(points[0])}{float32_hint(target, points[:8])}")
 
 
 def _failure(sampler: AbstractSampler, target: AbstractTarget, samples: Samples) -> str | None:

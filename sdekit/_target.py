@@ -122,8 +122,9 @@ def finite_in_float64(target: AbstractTarget, points: Float[Array, "n d"]) -> np
 
 
 def float32_hint(target: AbstractTarget, points: Float[Array, "n d"]) -> str:
-    """`" ...; use JAX_ENABLE_X64=1"` when `target.log_prob` is finite at all `points` in
-    float64 (and so float32 is the likely cause of their non-finite values), else `""`."""
+    """A clause saying to run with `JAX_ENABLE_X64=1` when `target.log_prob` is finite at
+    all `points` in float64 (so float32 is the likely cause of their non-finite values);
+    `""` otherwise, and when float64 is already on."""
     if jnp.zeros(()).dtype == jnp.float64 or not finite_in_float64(target, points).all():
         return ""
     return ("; it is finite there in float64, so float32 is the likely cause: run with "
