@@ -196,7 +196,16 @@ def _moved(move: Move | None, at):
     """`move` `vmap`ped over the particles; without one, the identity with a new point value."""
     if move is None:
         return lambda s, t, y, p: (y, at(t, y))
-    return jax.vmap(move, in_axes=(None, None, 0, 0))
+    return _per_particle(move)
+
+
+def _undone(move_back: MoveBack | None):
+    """`move_back` `vmap`ped over the particles; without one, the identity."""
+    return (lambda s, t, x, p: x) if move_back is None else _per_particle(move_back)
+
+
+def _per_particle(fn):
+    return jax.vmap(fn, in_axes=(None, None, 0, 0))
 
 
 def _ignoring_points(kernel: Kernel):
@@ -294,12 +303,12 @@ def simulate_backward(
     """
     fwd, bwd, at = _vectorised(forward, backward, point)
     x = _constrain(x, sharding)
-    undo = None if move_back is None else jax.vmap(move_back, in_axes=(None, None, 0, 0))
+    undo = _undone(move_back)
 
     def step(carry, inputs):
         x_k, p, total = carry
         s, t, k = inputs
-        y = x_k if undo is None else undo(s, t, x_k, p)
+        y = undo(s, t, x_k, p)
         mean_b, std_b = bwd(s, t, y, p)
         x_prev = mean_b + std_b * jax.random.normal(k, y.shape, y.dtype)
         p_prev = at(s, x_prev)
@@ -331,11 +340,11 @@ def path_log_ratio(
     `move_back`, each step's Gaussian terms are at the pre-move point $y_k$ of $x_k$.
     """
     fwd, bwd, at = _vectorised(forward, backward, point)
-    undo = None if move_back is None else jax.vmap(move_back, in_axes=(None, None, 0, 0))
+    undo = _undone(move_back)
     points = jax.vmap(at)(ts, xs)
 
     def step(s, t, x, p, x_new, p_new):
-        y = x_new if undo is None else undo(s, t, x_new, p_new)
+        y = undo(s, t, x_new, p_new)
         mean, std = fwd(s, t, x, p)
         mean_b, std_b = bwd(s, t, y, p_new)
         return gaussian_log_ratio(x, mean_b, std_b, y, mean, std)
