@@ -405,12 +405,16 @@ def _png(run_: Run, strict: bool) -> bytes | None:
 
 
 def _write(run_: Run, strict: bool) -> None:
+    """The run's files, each atomically; `metrics.json` marks a finished run, so it is
+    removed first and written last: a process killed in between leaves a directory that
+    `load_run` refuses, never old metrics beside new samples."""
     assert run_.directory is not None
+    (run_.directory / "metrics.json").unlink(missing_ok=True)
     io.write_files(run_.directory, {
         "samples.npz": io.npz_bytes(**npz_arrays(run_.samples, run_.target)),
-        "metrics.json": io.json_dumps(run_.metrics),
         "samples.png": _png(run_, strict),
         "config.toml": io.toml_dumps(run_.config),
+        "metrics.json": io.json_dumps(run_.metrics),
     })
 
 
@@ -495,13 +499,21 @@ def _trained(sampler: AbstractSampler, directory: Path) -> AbstractSampler:
     return sampler
 
 
+def _require(directory: Path, *names: str) -> None:
+    for name in names:
+        if not (directory / name).is_file():
+            raise ConfigError(f"{directory / name} does not exist; is {directory} a finished "
+                              f"`sdekit sample` run?")
+
+
 def load_run(directory: str | Path) -> Run:
     """The finished run in `directory` (from `sdekit.run` or `sdekit sample`).
 
     The sampler is composed again from `config.toml` and, where it trains, its trained
     state read from `checkpoint.eqx`; the samples come from `samples.npz` and the metrics
-    from `metrics.json`. Nothing is recomputed. Raises `ConfigError` naming what is
-    missing or incomplete, or the error of a run that failed (`sdekit.RunFailed`).
+    from `metrics.json`, which is written last and so marks a finished run. Nothing is
+    recomputed. Raises `ConfigError` naming what is missing or incomplete, or the error of
+    a run that failed (`sdekit.RunFailed`).
     """
     directory = Path(directory)
     metrics_path = directory / "metrics.json"
@@ -509,15 +521,13 @@ def load_run(directory: str | Path) -> Run:
     if metrics.get("status") == "failed":
         raise ConfigError(f"the run in {directory} failed and has no samples: "
                           f"{metrics.get('error', 'see its metrics.json')}")
-    for name in ("config.toml", "samples.npz"):
-        if not (directory / name).is_file():
-            raise ConfigError(f"{directory / name} does not exist; is {directory} a finished "
-                              f"`sdekit sample` run?")
+    _require(directory, "config.toml", "samples.npz")
     path = directory / "config.toml"
     cfg = resolve_config(load_config(path), source=str(path))
     sampler, target = compose_config(cfg)
     if isinstance(sampler, AbstractTrainable):
-        sampler = _trained(sampler, directory)
+        sampler = _trained(sampler, directory)  # unfinished training: said first
+    _require(directory, "metrics.json")  # written last: without it, the run did not finish
     arrays = io.load_npz(directory / "samples.npz")
     log_weights = arrays.get("log_weights")
     samples = Samples(jnp.asarray(arrays["x"]),

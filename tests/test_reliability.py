@@ -301,3 +301,27 @@ def test_the_watchdog_ends_a_phase_that_runs_too_long(tmp_path):
         r"stopped\. If it only needs longer, raise --watchdog; if the process sat at 0% CPU, "
         r"see 'A run that hangs' in docs/performance\.md", errors[0]), done.stderr
     assert not (tmp_path / "out" / "samples.npz").exists()
+
+
+def test_a_run_killed_while_writing_is_never_taken_for_a_result(bad_sampler, tmp_path,
+                                                                 monkeypatch):
+    config = {"target": "gaussian", "sampler": "test-bad", "n": 40}
+    out = tmp_path / "out"
+    first = sdekit.run(config, out=out)
+    real = sdekit.io.atomic_write
+
+    def killed_after_the_samples(path, data):
+        real(path, data)
+        if Path(path).name == "samples.npz":
+            raise SystemExit("killed")  # what SIGKILL leaves: the files written so far
+
+    monkeypatch.setattr(sdekit.io, "atomic_write", killed_after_the_samples)
+    with pytest.raises(SystemExit):
+        sdekit.run({**config, "seed": 1}, out=out)
+    assert not (out / "metrics.json").exists()  # the old run's metrics are gone first
+    with pytest.raises(sdekit.ConfigError, match="metrics.json does not exist"):
+        sdekit.load_run(out)
+    monkeypatch.setattr(sdekit.io, "atomic_write", real)
+    again = sdekit.run(config, out=out)
+    assert sdekit.load_run(out).metrics == again.metrics
+    assert again.metrics["log_Z"] == first.metrics["log_Z"]
