@@ -253,3 +253,13 @@ def test_a_fitted_gaussian_standardises_the_target():
             return None
 
     assert AnnealedSampler(Unknown(), steps=4).fit_evaluations > 0
+
+
+def test_statistics_are_traceable_and_count_resamplings():
+    """`sdekit.run` compiles `sample_with_stats`: its statistics are arrays under `jit`."""
+    sampler = AnnealedSampler(Gaussian(), steps=8, segments=2, resample_threshold=1.0)
+    _, stats = eqx.filter_jit(sampler.sample_with_stats)(jax.random.key(14), 64)
+    assert int(stats["resamplings"]) == 1  # after the first segment, never after the last
+    assert 0 < float(stats["min_ess"]) < 1
+    assert float(stats["unique_fraction"]) == 1.0  # the last segment's moves separate copies
+    assert stats["target_evaluations"] == 64 * (8 + 3 * 2)

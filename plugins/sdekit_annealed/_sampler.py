@@ -22,7 +22,7 @@ from sdekit import (
     float_arrays_outside_targets,
     log_Z_estimate,
 )
-from sdekit.metrics import ess
+from sdekit.metrics import ess, unique_fraction
 
 from ._buffer import Buffer
 from ._mcmc import mala_moves
@@ -256,15 +256,21 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         return n * (self.path.steps + (3 + self.mcmc_steps) * self.segments) + self.fit_evaluations
 
     def sample_with_stats(self, key: PRNGKeyArray, n: int) -> tuple[Samples, dict[str, Any]]:
+        """`sample`, and `{"target_evaluations", "min_ess", "resamplings", "unique_fraction"}`
+        (and `"mcmc_acceptance"` with MALA moves): the smallest ESS over the segments before
+        any resampling, the number of resamplings, the fraction of distinct returned
+        samples. Traceable (`sdekit.run` compiles it)."""
         x, log_w, segments = self._run_jit(key, n)
+        x = self._to_target(self.kernels().position(x))
         stats = {
             "target_evaluations": self.target_evaluations(n),
-            "min_ess": float(jnp.min(segments.ess)),
-            "resamplings": int(jnp.sum(segments.resampled)),
+            "min_ess": jnp.min(segments.ess),
+            "resamplings": jnp.sum(segments.resampled),
+            "unique_fraction": unique_fraction(x),
         }
         if self.mcmc_steps:
-            stats["mcmc_acceptance"] = float(jnp.mean(segments.acceptance))
-        return Samples(self._to_target(self.kernels().position(x)), log_w), stats
+            stats["mcmc_acceptance"] = jnp.mean(segments.acceptance)
+        return Samples(x, log_w), stats
 
     @eqx.filter_jit
     def backward_log_weights(self, key: PRNGKeyArray, x: Float[Array, "n d"]) -> Float[Array, " n"]:
