@@ -37,7 +37,9 @@ class AbstractSampler(eqx.Module):
     def sample_with_stats(self, key: PRNGKeyArray, n: int) -> tuple[Samples, dict[str, Any]]:
         """`sample(key, n)` and named statistics of the run (e.g. `target_evaluations`).
 
-        The default has none; samplers that count their cost or adapt override it.
+        The default has none; samplers that count their cost or adapt override it. The
+        statistics must be traceable (arrays, or Python numbers fixed by the sampler and
+        `n`): `sdekit.run` compiles this method.
         """
         return self.sample(key, n), {}
 
