@@ -107,7 +107,7 @@ def test_the_plugin_guides_complete_plugin_passes_the_guides_tests(tmp_path, mon
     own blocks do: written to my_plugin.py, sampled from, then its test functions run."""
     (tmp_path / "my_plugin.py").write_text(_guide_block("# my_plugin.py"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    import my_plugin
+    import my_plugin  # noqa: F401  (imported to register its parts; the guide does the same)
 
     try:
         exec(_guide_block("import jax, sdekit\nimport my_plugin"), {})
