@@ -169,8 +169,9 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         target = self.path.target
         return target.target if isinstance(target, Standardised) else target
 
-    def _to_target(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
-        target = self.path.target
+    def _positions(self, states: Float[Array, "n D"]) -> Float[Array, "n d"]:
+        """The states' positions in the target's coordinates."""
+        x, target = self.kernels().position(states), self.path.target
         return target.to_target(x) if isinstance(target, Standardised) else x
 
     def trainable(self) -> PyTree[bool]:
@@ -207,7 +208,6 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         is $\\log\\hat Z$) and the per-segment `Segments`. `detach`: paths without gradients;
         `keep_paths`: return every state visited (`Segments.paths`)."""
         kernels = self.kernels()
-        log_pi = jax.vmap(kernels.log_density, in_axes=(None, 0))
         k_prior, k_segments = jax.random.split(key)
         x0 = kernels.init(k_prior, n)
         x0 = jax.lax.stop_gradient(x0) if detach else x0
@@ -220,7 +220,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
             p = sdekit.simulate(k_sim, x, grid, kernels.forward, kernels.backward,
                                 point=kernels.point, move=kernels.move, detach=detach,
                                 stats=_states if keep_paths else None)
-            log_G = p.log_ratio + log_pi(grid["beta"][-1], p.x) - log_pi(grid["beta"][0], x)
+            log_G = _segment_log_G(kernels, grid, p.log_ratio, x, p.x)
             new_log_w = log_w + log_G
             resample = ~is_last & (ess(new_log_w) < self.resample_threshold)
             ancestors = resampling.systematic(k_res, jax.nn.softmax(new_log_w), n)
@@ -246,7 +246,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
 
     def sample(self, key: PRNGKeyArray, n: int) -> Samples:
         x, log_w, _ = self._run_jit(key, n)
-        return Samples(self._to_target(self.kernels().position(x)), log_w)
+        return Samples(self._positions(x), log_w)
 
     def target_evaluations(self, n: int) -> int:
         """Evaluations of $\\log\\gamma$ or its gradient: one gradient a state (shared by
@@ -261,7 +261,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
         any resampling, the number of resamplings, the fraction of distinct returned
         samples. Traceable (`sdekit.run` compiles it)."""
         x, log_w, segments = self._run_jit(key, n)
-        x = self._to_target(self.kernels().position(x))
+        x = self._positions(x)
         stats = {
             "target_evaluations": self.target_evaluations(n),
             "min_ess": jnp.min(segments.ess),
@@ -322,15 +322,21 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
     def rescore(self, paths: Float[Array, "S n L D"]) -> Float[Array, "S n"]:
         """Each segment's $\\log G$ of given sub-trajectories under the current parameters."""
         kernels = self.kernels()
-        log_pi = jax.vmap(kernels.log_density, in_axes=(None, 0))
 
         def segment(grid, xs):
             xs = jax.lax.stop_gradient(xs).swapaxes(0, 1)
             ratio = sdekit.path_log_ratio(xs, grid, kernels.forward, kernels.backward,
                                           point=kernels.point, move_back=kernels.move_back)
-            return ratio + log_pi(grid["beta"][-1], xs[-1]) - log_pi(grid["beta"][0], xs[0])
+            return _segment_log_G(kernels, grid, ratio, xs[0], xs[-1])
 
         return jax.vmap(segment)(self._segment_grids(), paths)
+
+
+def _segment_log_G(kernels, grid, log_ratio, start, end) -> Float[Array, " n"]:
+    """A segment's incremental log-weights: its path log-ratio plus the log-densities of
+    the path at its end and start levels, $\\log\\pi_b(x_b) - \\log\\pi_a(x_a)$."""
+    log_pi = jax.vmap(kernels.log_density, in_axes=(None, 0))
+    return log_ratio + log_pi(grid["beta"][-1], end) - log_pi(grid["beta"][0], start)
 
 
 def _elbo(seg: Segments) -> Scalar:
