@@ -11,6 +11,7 @@ sdekit.io.write_files("runs/mine", {"metrics.json": sdekit.io.json_dumps(metrics
 """
 
 import datetime
+import errno
 import io
 import json
 import math
@@ -32,26 +33,62 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
 
     The bytes go to a hidden temporary file in the same directory, are flushed to disk, and
     the temporary file is renamed over `path` (`os.replace`). On any error the temporary
-    file is removed and `path` is untouched. New files get the usual umask permissions.
+    file is removed and `path` is untouched; an `OSError` (a full disk, a read-only file
+    system) is raised again with a message naming `path`, the cause and what to do. A
+    `path` that exists but is not a regular file (a directory, a device) is refused. New
+    files get the usual umask permissions.
     """
     path = Path(path)
     if isinstance(data, str):
         data = data.encode("utf-8")
+    if path.exists() and not path.is_file():  # e.g. /dev/full: never replace a device
+        raise _WriteError(f"cannot write {path}: not a regular file; choose another path")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        raise _write_error("write", path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise _write_error("write", path, e) from e
         raise
     _fsync_dir(path.parent)
+
+
+class _WriteError(OSError):
+    """An `OSError` whose message already names the file, the cause and what to do."""
+
+
+#: What to do when writing fails for each cause (by `errno`).
+_FIXES = {
+    errno.ENOSPC: "free some space there, or write to another directory",
+    errno.EDQUOT: "free some space there, or write to another directory",
+    errno.EFBIG: "raise the file-size limit (ulimit -f), or write to another directory",
+    errno.EROFS: "write to a directory on a writable file system",
+    errno.EACCES: "write to a directory you may write to",
+    errno.EPERM: "write to a directory you may write to",
+}
+
+
+def _write_error(action: str, path: Path, e: OSError) -> OSError:
+    """`e` (keeping its `errno`) with a one-line message: `cannot {action} {path}: cause; fix`."""
+    if isinstance(e, _WriteError):
+        return e
+    cause = e.strerror or str(e) or type(e).__name__
+    fix = _FIXES.get(e.errno) if e.errno is not None else None
+    error = _WriteError(f"cannot {action} {path}: {cause}" + (f"; {fix}" if fix else ""))
+    error.errno = e.errno
+    return error
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -161,35 +198,81 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     if not probe.is_dir():
         what = "" if probe == path else f" (its ancestor {probe} is a file)"
         raise NotADirectoryError(f"cannot write to {path}: not a directory{what}")
+    if _read_only(probe):
+        raise _write_error("write to", path, OSError(errno.EROFS, os.strerror(errno.EROFS)))
     if not os.access(probe, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write to {path}: {probe} is not writable")
     return path
 
 
+def _read_only(directory: Path) -> bool:
+    """Whether `directory` is on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows): the write itself will say
+        return False
+
+
 def write_files(directory: str | os.PathLike, files: Mapping[str, bytes | str | None]) -> None:
     """Write each of `files` (name -> content) atomically into `directory`, creating it.
 
-    A `None` content removes a stale file of that name. If the directory is new and a
-    write fails, what was written is removed with the directory: a failed run leaves
-    nothing behind.
+    A `None` content removes a stale file of that name; a file that already holds its
+    content is left untouched. If a write fails, the files this call wrote are removed, and
+    so is the directory (with the parents it created) if it is new: a failed write leaves no
+    partial output, and a file it did not change (e.g. a run's `config.toml`) is kept. An
+    `OSError` says which file could not be written, why, and what to do.
     """
     directory = Path(directory)
-    created = not directory.exists()
-    directory.mkdir(parents=True, exist_ok=True)
+    created = _missing_ancestors(directory)
     written: list[Path] = []
     try:
+        _make_dir(directory)
         for name, data in files.items():
+            path = directory / name
             if data is None:
-                (directory / name).unlink(missing_ok=True)
-            else:
-                atomic_write(directory / name, data)
-                written.append(directory / name)
-    except BaseException:
-        if created:
-            for path in written:
-                path.unlink(missing_ok=True)
+                _remove(path)
+            elif not _holds(path, data):
+                atomic_write(path, data)
+                written.append(path)
+    except Exception:
+        for path in written:
+            path.unlink(missing_ok=True)
+        for new in created:
             try:
-                directory.rmdir()
+                new.rmdir()
             except OSError:
-                pass
+                break
         raise
+
+
+def _missing_ancestors(directory: Path) -> list[Path]:
+    """`directory` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not directory.exists() and directory.parent != directory:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
+def _make_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error("create", directory, e) from e
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        raise _write_error("remove", path, e) from e
+
+
+def _holds(path: Path, data: bytes | str) -> bool:
+    """Whether the file `path` exists and holds exactly `data`."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False

@@ -1,0 +1,188 @@
+"""Fault injection: a full disk, a read-only output directory, a file-size limit, and a
+process killed with SIGKILL while training or writing its outputs, then resumed.
+
+Each fault must end in one `Error: ...` line (the file, the cause, what to do), a non-zero
+exit status and no partial output; a killed run, resumed, must give exactly the files of an
+uninterrupted one, and no directory in between may be taken for a result."""
+
+import builtins
+import errno
+import json
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import sdekit
+from sdekit import _run as run_module
+from sdekit import io as sio
+from sdekit.cli import cli
+
+#: A run that does not train: one short compilation, reused by every run in this process.
+QUICK = ["sample", "gaussian", "--sampler", "reverse-sde", "--steps", "2", "-n", "2000"]
+#: A run that trains (six checkpoints of 50 steps), small enough to take seconds.
+TRAINED = ["sample", "gaussian", "--sampler", "pis", "--controller", "mlp", "--steps", "4",
+           "--batch", "8", "-n", "64", "--seed", "3", "--set", "controller.width=4",
+           "--train-iters", "300"]
+
+
+@pytest.fixture
+def weights_only(monkeypatch):
+    """Only the cheap weights diagnostic: the faults are in writing, not in diagnosing."""
+    monkeypatch.setattr(run_module, "DEFAULT_DIAGNOSTICS", ("weights",))
+
+
+def _one_error(result) -> str:
+    """The single `Error:` line of a failed command (no traceback, status 1)."""
+    assert result.exit_code == 1, (result.exit_code, result.output)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def _listing(directory: Path) -> list[str]:
+    """Every name in `directory`, hidden temporary files included."""
+    return sorted(p.name for p in directory.iterdir())
+
+
+# --------------------------------------------------------------------------------------
+# a full disk, a read-only file system, a file-size limit
+
+
+def _inject(monkeypatch, root: Path, code: int, where: str, name: str) -> None:
+    """Make the OS fail with `code` for file `name` (or the directory itself, for
+    `where="mkdir"`) under `root`: on creating it (`"open"`), on flushing its data to disk
+    (`"fsync"`, where a full disk shows on many file systems), or on `"mkdir"`."""
+    def fail(what):
+        raise OSError(code, os.strerror(code), str(what))
+
+    if where == "mkdir":
+        real_mkdir = os.mkdir
+        monkeypatch.setattr(os, "mkdir", lambda p, *a, **k: fail(p) if Path(p) == root
+                            else real_mkdir(p, *a, **k))
+        return
+    real_open, real_fsync, opened = os.open, os.fsync, {}
+
+    def open_(path, flags, *args, **kwargs):
+        ours = Path(path).parent == root and Path(path).name.startswith(f".{name}.")
+        if ours and where == "open" and flags & os.O_CREAT:
+            fail(path)
+        fd = real_open(path, flags, *args, **kwargs)
+        opened[fd] = ours
+        return fd
+
+    def fsync(fd):
+        if where == "fsync" and opened.get(fd):
+            fail(fd)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("code, where, name, new", [
+    (errno.ENOSPC, "open", "samples.npz", True),     # the first file of a new directory
+    (errno.ENOSPC, "fsync", "metrics.json", True),   # the last one, its data written
+    (errno.ENOSPC, "fsync", "metrics.json", False),  # the last one, over an earlier run
+    (errno.EROFS, "mkdir", "", True),                # the directory cannot be created
+    (errno.EROFS, "open", "samples.npz", False),     # nothing can be created in it
+])
+def test_a_failed_write_is_one_line_and_leaves_no_partial_output(
+        weights_only, tmp_path, monkeypatch, code, where, name, new):
+    out = tmp_path / "runs" / "out"
+    if not new:
+        assert CliRunner().invoke(cli, [*QUICK, "--seed", "1", "--out", str(out)]).exit_code == 0
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _inject(monkeypatch, out, code, where, name)
+    error = _one_error(CliRunner().invoke(cli, [*QUICK, "--out", str(out)]))
+    path = out if where == "mkdir" else out / name
+    fix = "free some space" if code == errno.ENOSPC else "writable file system"
+    assert error.startswith(f"Error: cannot {'create' if where == 'mkdir' else 'write'} {path}: "
+                            f"{os.strerror(code)}; ") and fix in error, error
+    if new:
+        assert not (tmp_path / "runs").exists()  # the directories it made are gone too
+        return
+    # what it did not change is kept (the same config.toml, the earlier samples if it
+    # could not replace them); what it replaced is removed; never samples without metrics
+    left = _listing(out)
+    assert "metrics.json" not in left and not [n for n in left if n.endswith(".tmp")]
+    for n in left:
+        assert (out / n).read_bytes() == before[n]
+    with pytest.raises(sdekit.ConfigError, match="does not exist; is .* a finished"):
+        sdekit.load_run(out)
+
+
+def test_a_trained_run_that_cannot_write_its_config_fails_before_training(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _inject(monkeypatch, out, errno.ENOSPC, "open", "config.toml")
+    error = _one_error(CliRunner().invoke(cli, [*TRAINED, "--out", str(out)]))
+    assert f"cannot write {out / 'config.toml'}: No space left on device; free" in error
+    assert not out.exists()
+
+
+def test_a_real_full_disk_and_a_real_file_size_limit(weights_only, tmp_path, monkeypatch):
+    """The kernel's own errors: every write of the last file goes to /dev/full (ENOSPC on
+    flushing), then a file-size limit below the samples' size (EFBIG, `ulimit -f`)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    real_fdopen = os.fdopen
+
+    def full(fd, mode="r", *args, **kwargs):
+        name = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else ""
+        if ".metrics.json." not in name:
+            return real_fdopen(fd, mode, *args, **kwargs)
+        os.close(fd)
+        return builtins.open("/dev/full", mode)
+
+    out = tmp_path / "full"
+    monkeypatch.setattr(os, "fdopen", full)
+    error = _one_error(CliRunner().invoke(cli, [*QUICK, "--out", str(out)]))
+    assert f"cannot write {out / 'metrics.json'}: No space left on device; free" in error
+    assert not out.exists()
+    monkeypatch.setattr(os, "fdopen", real_fdopen)
+
+    out = tmp_path / "limited"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # Python ignores SIGXFSZ
+    try:
+        result = CliRunner().invoke(cli, [*QUICK, "--out", str(out)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    error = _one_error(result)
+    assert f"cannot write {out / 'samples.npz'}: File too large; raise the file-size" in error
+    assert not out.exists()
+
+
+def test_a_device_or_a_read_only_mount_is_never_written_over(tmp_path, monkeypatch):
+    with pytest.raises(OSError, match="cannot write /dev/full: not a regular file"):
+        sio.atomic_write("/dev/full", b"x")
+    assert Path("/dev/full").is_char_device()
+    assert "not a directory" in _one_error(CliRunner().invoke(cli, [*QUICK, "--out", "/dev/full"]))
+    real = os.statvfs
+    monkeypatch.setattr(os, "statvfs", lambda p: os.statvfs_result(
+        (*real(p)[:8], real(p).f_flag | os.ST_RDONLY, real(p).f_namemax)))
+    error = _one_error(CliRunner().invoke(cli, [*QUICK, "--out", str(tmp_path / "out")]))
+    assert error == (f"Error: cannot write to {tmp_path / 'out'}: Read-only file system; write "
+                     f"to a directory on a writable file system")
+    assert _listing(tmp_path) == []
+
+
+def test_write_files_keeps_what_it_did_not_change(tmp_path, monkeypatch):
+    sio.write_files(tmp_path, {"config.toml": "same", "samples.npz": b"old"})
+    _inject(monkeypatch, tmp_path, errno.ENOSPC, "fsync", "metrics.json")
+    with pytest.raises(OSError) as info:
+        sio.write_files(tmp_path, {"samples.npz": b"new", "config.toml": "same",
+                                   "metrics.json": "{}"})
+    assert info.value.errno == errno.ENOSPC
+    assert _listing(tmp_path) == ["config.toml"]  # new samples removed, config untouched
