@@ -29,10 +29,10 @@ from sdekit.cli import cli
 
 #: A run that does not train: one short compilation, reused by every run in this process.
 QUICK = ["sample", "gaussian", "--sampler", "reverse-sde", "--steps", "2", "-n", "2000"]
-#: A run that trains (six checkpoints of 50 steps), small enough to take seconds.
-TRAINED = ["sample", "gaussian", "--sampler", "pis", "--controller", "mlp", "--steps", "4",
-           "--batch", "8", "-n", "64", "--seed", "3", "--set", "controller.width=4",
-           "--train-iters", "300"]
+#: A run that trains: 40 checkpoints of 50 steps, about a second once compiled.
+TRAINED = ["sample", "gaussian", "--sampler", "pis", "--controller", "mlp", "--steps", "8",
+           "--batch", "64", "-n", "64", "--seed", "3", "--set", "controller.width=4",
+           "--train-iters", "2000"]
 
 
 @pytest.fixture
@@ -186,3 +186,141 @@ def test_write_files_keeps_what_it_did_not_change(tmp_path, monkeypatch):
                                    "metrics.json": "{}"})
     assert info.value.errno == errno.ENOSPC
     assert _listing(tmp_path) == ["config.toml"]  # new samples removed, config untouched
+
+
+# --------------------------------------------------------------------------------------
+# SIGKILL while training and while writing, then --resume
+
+#: The command line in a fresh process, killed (SIGKILL) at a chosen point of writing its
+#: outputs: argv[1] is "after:NAME" (NAME written), "before:NAME" (NAME's data written to
+#: its temporary file, not yet renamed into place) or "never"; the rest is `sdekit ...`.
+_KILLER = textwrap.dedent('''
+    import os, signal, sys
+    from pathlib import Path
+    import sdekit.io
+    from sdekit import _run
+    from sdekit.cli import main
+
+    _run.DEFAULT_DIAGNOSTICS = ("weights",)
+    when, _, name = sys.argv[1].partition(":")
+    write, replace = sdekit.io.atomic_write, os.replace
+
+    def atomic_write(path, data):
+        write(path, data)
+        if when == "after" and Path(path).name == name:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def replace_(src, dst, **kwargs):
+        if when == "before" and Path(dst).name == name:
+            os.kill(os.getpid(), signal.SIGKILL)
+        replace(src, dst, **kwargs)
+
+    sdekit.io.atomic_write, os.replace = atomic_write, replace_
+    main(sys.argv[2:])
+''')
+#: Each process's limit; compilation, the most of it, is shared through JAX's cache.
+TIMEOUT = 240
+#: N(1, I) scaled by e^1.5, as user code: no exact samples, so no EUBO to compile.
+_TARGET = textwrap.dedent('''
+    import jax.numpy as jnp
+
+    def log_prob(x):
+        return -0.5 * jnp.sum((x - 1.0) ** 2) - jnp.log(2 * jnp.pi) + 1.5
+''')
+
+
+def _start(tmp_path: Path, point: str, args: list[str]) -> subprocess.Popen:
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER)
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    return subprocess.Popen([sys.executable, str(script), point, *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> int:
+    try:
+        return proc.wait(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def _kill_while_training(proc: subprocess.Popen, checkpoint: Path, delay: float) -> None:
+    """SIGKILL `proc` `delay` seconds after it writes a checkpoint (a new file at
+    `checkpoint`, seen by its inode)."""
+    old = checkpoint.stat().st_ino if checkpoint.exists() else None
+    deadline = time.monotonic() + TIMEOUT
+    while not checkpoint.exists() or checkpoint.stat().st_ino == old:
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"no checkpoint within {TIMEOUT} s"
+        time.sleep(0.005)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    assert _finish(proc) == -signal.SIGKILL
+
+
+def _trained_steps(run: Path) -> int:
+    sampler = run_module.compose_config(sdekit.load_config(run / "config.toml"))[0]
+    return sdekit.load_checkpoint(sampler, run / "checkpoint.eqx")[1]
+
+
+def _outputs(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run.iterdir() if not p.name.startswith(".")}
+
+
+def _same_run(run: Path, whole: Path) -> None:
+    """The files of `run` are those of the uninterrupted run `whole`, timings aside."""
+    a, b = sio.load_npz(run / "samples.npz"), sio.load_npz(whole / "samples.npz")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    timeless = [{k: v for k, v in json.loads((r / "metrics.json").read_text()).items()
+                 if not k.endswith("_seconds")} for r in (run, whole)]
+    assert timeless[0] == timeless[1] and "log_Z" in timeless[0]
+    for name in ("config.toml", "checkpoint.eqx"):
+        assert (run / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+def _never_half(run: Path, whole: Path) -> str:
+    """What a killed run's directory holds: never a result that is not the whole one."""
+    names = _listing(run)
+    strays = [n for n in names if n.startswith(".") or n.endswith(".tmp")]
+    assert {n for n in names if n not in strays} <= {*run_module.OUTPUT_FILES, "checkpoint.eqx"}
+    assert all(n.endswith(".tmp") for n in strays), strays
+    if "metrics.json" in names:
+        loaded = sdekit.load_run(run)
+        _same_run(run, whole)
+        assert loaded.metrics["status"] == "ok"
+        return "finished"
+    with pytest.raises(sdekit.ConfigError, match="does not exist|training steps"):
+        sdekit.load_run(run)
+    return "refused"
+
+
+@pytest.mark.slow
+def test_a_run_killed_anywhere_and_resumed_is_the_uninterrupted_run(tmp_path):
+    """SIGKILL twice at random times during training (after a checkpoint is written),
+    then once between two output files and once inside one; `--resume` after each. The
+    directory is never a half result, and the end is bit for bit the uninterrupted run."""
+    whole, run = tmp_path / "whole", tmp_path / "killed"
+    (tmp_path / "target.py").write_text(_TARGET)
+    trained = [*TRAINED[:1], f"{tmp_path / 'target.py'}:log_prob", "--set", "target.dim=2",
+               *TRAINED[2:]]
+    assert _finish(_start(tmp_path, "never", [*trained, "--out", whole])) == 0
+    rng, steps = random.Random(20), []
+    resume = ["sample", "--resume", run]
+    for args in ([*trained, "--out", run], resume):
+        delay = rng.uniform(0.0, 0.25)
+        _kill_while_training(_start(tmp_path, "never", args), run / "checkpoint.eqx", delay)
+        assert _never_half(run, whole) == "refused"
+        steps.append(_trained_steps(run))
+    assert 0 < steps[0] < 2000 and steps[0] <= steps[1]  # the second kill may land later
+    for point in ("after:samples.npz", "before:metrics.json"):
+        assert _finish(_start(tmp_path, point, resume)) == -signal.SIGKILL
+        assert _never_half(run, whole) == "refused"
+    assert _finish(_start(tmp_path, "never", resume)) == 0
+    assert _never_half(run, whole) == "finished"
+    assert set(_outputs(run)) == {*run_module.OUTPUT_FILES, "checkpoint.eqx"}
+    # the one trace of the kill inside a write: its hidden temporary file, never read
+    assert [n for n in _listing(run) if n.startswith(".")] == [
+        n for n in _listing(run) if n.startswith(".metrics.json.") and n.endswith(".tmp")]
