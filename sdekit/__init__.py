@@ -9,6 +9,7 @@ import importlib.metadata
 from . import _xla  # noqa: F401  first: XLA_FLAGS must be set before JAX starts its backend
 from ._compose import Spec, check_dims, compose, create, resolve_part
 from ._diagnostic import AbstractDiagnostic
+from ._distributed import DistributedError, initialize_distributed, particle_sharding
 from ._errors import CompositionError, PluginError, SdekitError, TargetError, UnknownNameError
 from ._fit import FitError, GaussianFit, fit_gaussian
 from ._log_density import LogDensity, target_from_log_prob, to_arviz
@@ -95,6 +96,9 @@ __all__ = [
     "train",
     "load_checkpoint",
     "CompositionError",
+    "DistributedError",
+    "initialize_distributed",
+    "particle_sharding",
     "FitError",
     "GaussianFit",
     "fit_gaussian",

@@ -33,6 +33,7 @@ from . import io
 from ._compose import compose, create, resolve_part
 from ._config import ConfigError, check_section, load_config, resolve_config
 from ._diagnostic import AbstractDiagnostic
+from ._distributed import gather, is_writer
 from ._errors import PluginError, SdekitError
 from ._log_density import npz_arrays
 from .metrics import MAX_PARETO_K, MIN_ESS
@@ -127,36 +128,67 @@ def default_directory(cfg: Mapping[str, Any]) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class _Phases:
-    """The phases of a run (compile, train, sample, diagnose): each shown on stderr with
-    its duration when `progress`, and, with a `watchdog` of S seconds, one that runs for
-    longer than S ends the process (exit status 3) with a one-line error. A compiled
-    program that hangs cannot be interrupted from Python, so ending the process is the
-    only way out."""
+    """The phases of a run (train, compile, sample, diagnose): each shown on stderr with
+    its duration and rate when `progress`, and, with a `watchdog` of S seconds, one that
+    makes no progress for S seconds (training: one chunk of steps, compilation included in
+    the first; any other phase: the whole phase) ends the process (exit status 3) with a
+    one-line error. A compiled program that hangs cannot be interrupted from Python, so
+    ending the process is the only way out."""
 
     progress: bool = False
     watchdog: float | None = None
 
     @contextlib.contextmanager
-    def __call__(self, name: str):
+    def __call__(self, name: str, unit: str | None = None):
         t0 = time.perf_counter()
         if self.progress:
             print(f"{name}...", file=sys.stderr, flush=True)
-        timer = None
-        if self.watchdog is not None:
-            timer = threading.Timer(self.watchdog, _expired, (name, self.watchdog))
-            timer.daemon = True
-            timer.start()
+        phase = _Phase(name, self.watchdog, t0)
         try:
-            yield
+            yield phase
         finally:
-            if timer is not None:
-                timer.cancel()
+            phase.stop()
         if self.progress:
-            print(f"{name}: {time.perf_counter() - t0:.3g} s", file=sys.stderr, flush=True)
+            rate = phase.rate()
+            shown = f", {rate:.4g} {unit}/s" if unit and rate else ""
+            print(f"{name}: {time.perf_counter() - t0:.3g} s{shown}", file=sys.stderr, flush=True)
+
+
+class _Phase:
+    """A running phase: `advance(done)` records `done` units (steps, samples) and restarts
+    the watchdog's clock."""
+
+    def __init__(self, name: str, watchdog: float | None, start: float):
+        self.name, self.watchdog, self._timer = name, watchdog, None
+        self._beats = [(start, 0)]
+        self._restart()
+
+    def advance(self, done: int) -> None:
+        self._beats.append((time.perf_counter(), done))
+        self._restart()
+
+    def rate(self) -> float | None:
+        """Units per second: between the first and the last advance (compilation, which
+        comes before the first, excluded), or from the start with a single advance."""
+        first = self._beats[1] if len(self._beats) > 2 else self._beats[0]
+        (t_a, a), (t_b, b) = first, self._beats[-1]
+        return (b - a) / (t_b - t_a) if b > a and t_b > t_a else None
+
+    def _restart(self) -> None:
+        self.stop()
+        if self.watchdog is not None:
+            self._timer = threading.Timer(self.watchdog, _expired, (self.name, self.watchdog))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def _expired(name: str, seconds: float) -> None:
-    print(f"Error: the {name} phase made no progress for {seconds:g} s (the watchdog "
+    # on a line of its own, after a progress bar's unfinished line
+    print(f"\nError: the {name} phase made no progress for {seconds:g} s (the watchdog "
           f"limit): stopped. If it only needs longer, raise --watchdog; if the process sat at "
           f"0% CPU, see 'A run that hangs' in docs/performance.md", file=sys.stderr, flush=True)
     os._exit(3)
@@ -224,8 +256,9 @@ def _sample(sampler: AbstractSampler, cfg: Mapping[str, Any], strict: bool,
     with phases("compile"):
         compiled = _compiled(sampler, key, n)
     t1 = time.perf_counter()
-    with _runtime_errors("sampling", strict), phases("sample"):
-        samples, stats = jax.block_until_ready(compiled(sampler, key, n))
+    with _runtime_errors("sampling", strict), phases("sample", "samples") as phase:
+        samples, stats = gather(jax.block_until_ready(compiled(sampler, key, n)))
+        phase.advance(n)
     t2 = time.perf_counter()
     x = _check_samples(samples, n, cfg["sampler"]["name"])
     return samples, {
@@ -288,7 +321,7 @@ def _fail(result: "Run", message: str) -> None:
     """Mark `result` failed, in its metrics and directory (no samples written), and raise."""
     result.metrics.update(status="failed", error=message)
     where = ""
-    if result.directory is not None:
+    if result.directory is not None and is_writer():
         io.write_files(result.directory, {
             "metrics.json": io.json_dumps(result.metrics), "samples.npz": None,
             "samples.png": None, "config.toml": io.toml_dumps(result.config)})
@@ -376,7 +409,7 @@ def _run_diagnostics(names: Sequence[str] | None, sampler, target, samples,
 
 
 def _train(sampler: AbstractSampler, cfg: Mapping[str, Any], out: Path | None, resume: bool,
-           progress: bool) -> tuple[AbstractSampler, float]:
+           phases: _Phases) -> tuple[AbstractSampler, float]:
     """Train a trainable sampler, checkpointing into `out` (after writing `config.toml`
     there, unless resuming); `(sampler, 0.0)` for one that does not train."""
     if not isinstance(sampler, AbstractTrainable):
@@ -384,11 +417,12 @@ def _train(sampler: AbstractSampler, cfg: Mapping[str, Any], out: Path | None, r
     checkpoint = None
     if out is not None:
         checkpoint = out / "checkpoint.eqx"
-        if not resume:
+        if not resume and is_writer():
             io.write_files(out, {"config.toml": io.toml_dumps(cfg), "checkpoint.eqx": None})
     key = jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 2)
-    with _Phases(progress)("train"):  # shown, not watched: training shows its own progress
-        trained, history = train(sampler, key, checkpoint=checkpoint, progress=progress)
+    with phases("train", "steps") as phase:
+        trained, history = train(sampler, key, checkpoint=checkpoint, progress=phases.progress,
+                                 callback=phase.advance)
     return trained, float(history["train_seconds"])
 
 
@@ -459,16 +493,20 @@ def run(
     removes any `samples.npz` and `samples.png` there. Otherwise, with `out`, the files
     `OUTPUT_FILES` are written atomically at the end (`metrics["status"]` is `"ok"`).
     `strict=True` raises what would otherwise be a warning. With `progress`, each phase
-    (train, compile, sample, diagnose NAME) is shown on stderr with its duration; with a
-    `watchdog` of S seconds, a compile, sample or diagnose phase that runs longer than S
-    ends the process with a one-line error (exit status 3). Training is not watched: it
-    shows its own progress.
+    (train, compile, sample, diagnose NAME) is shown on stderr with its duration and rate
+    (training steps or samples per second, compilation excluded); with a `watchdog` of S
+    seconds, a phase that makes no progress for S seconds (a chunk of training steps, or a
+    whole compile, sample or diagnose phase) ends the process with a one-line error (exit
+    status 3).
+
+    In a multi-process run (`sdekit.initialize_distributed`) every process calls `run` with
+    the same arguments; each returns the whole run, and only process 0 writes files.
     """
     out = None if out is None else io.check_writable_dir(out)
     cfg = _config_of(config, out, resume)
     sampler, target = compose_config(cfg)
     phases = _Phases(progress, watchdog)
-    sampler, train_seconds = _train(sampler, cfg, out, resume, progress)
+    sampler, train_seconds = _train(sampler, cfg, out, resume, phases)
     samples, sampled = _sample(sampler, cfg, strict, phases)
     metrics = {"status": "ok",
                **{k: sampled[k] for k in ("n", "dim", "seed", "n_nonfinite", "has_log_weights")},
@@ -482,7 +520,7 @@ def run(
     _run_diagnostics(diagnostics, sampler, target, samples, cfg, metrics, strict, phases)
     _warn_untrusted(metrics)
     result = Run(cfg, sampler, target, samples, metrics, out)
-    if out is not None:
+    if out is not None and is_writer():
         _write(result, strict)
     return result
 

@@ -3,6 +3,7 @@
 import abc
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import equinox as eqx
@@ -12,6 +13,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
+from ._distributed import is_writer
 from ._errors import SdekitError
 from ._target import AbstractTarget
 
@@ -202,6 +204,7 @@ def train(
     *,
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
+    callback: Callable[[int], None] | None = None,
 ) -> tuple[AbstractTrainable, dict[str, np.ndarray]]:
     """Minimise `model.loss` with `model.train_options`; return the trained model and history.
 
@@ -210,7 +213,9 @@ def train(
     every `chunk` steps, and a run that finds the file resumes from it: an interrupted run,
     resumed, ends with the same parameters as an uninterrupted one. If the loss or a
     gradient turns non-finite, training stops with `TrainingDiverged` naming the step; the
-    checkpoint keeps the last good state.
+    checkpoint keeps the last good state. In a multi-process run (`jax.distributed`) every
+    process trains the same parameters and process 0 writes the checkpoint. `callback`, if
+    given, is called on the host after each chunk with the number of steps done.
 
     The history holds per-step arrays `loss` and the statistics the model's loss reports.
     """
@@ -225,7 +230,7 @@ def train(
     try:
         while (done := int(state.step)) < options.steps:
             state = _run_chunk(state, static, key, min(options.chunk, options.steps))
-            if path is not None:
+            if path is not None and is_writer():
                 _save(path, state)
             if int(state.diverged_at) >= 0:
                 raise TrainingDiverged(
@@ -233,6 +238,8 @@ def train(
                     + (f"the last good state is in {path}" if path else "stopped")
                     + " (try a smaller learning_rate, a grad_clip, or a float64 run)"
                 )
+            if callback is not None:
+                callback(int(state.step))
             bar.update(int(state.step) - done)
             last = {k: float(v[int(state.step) - 1]) for k, v in state.history.items()}
             bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)

@@ -262,12 +262,21 @@ def test_raise_sites_have_no_doubled_punctuation():
 def test_the_progress_display_names_each_phase(bad_sampler, tmp_path):
     result, _ = _sample(tmp_path)
     assert result.exit_code == 0, result.output
-    shown = [line.split(":")[0] for line in result.stderr.splitlines() if line.endswith(" s")]
-    assert shown == ["compile", "sample", "diagnose weights"], result.stderr
+    done = [re.fullmatch(r"([a-z ]+): [0-9.e+-]+ s(, [0-9.e+-]+ samples/s)?", line)
+            for line in result.stderr.splitlines()]
+    shown = [(m[1], m[2] is not None) for m in done if m]
+    assert shown == [("compile", False), ("sample", True), ("diagnose weights", False)], result.stderr
 
 
-def test_the_watchdog_ends_a_phase_that_runs_too_long(tmp_path):
-    # a target whose log-density sleeps 0.1 s on the host: sampling takes about 5 s
+@pytest.mark.parametrize("sampler, phases", [
+    # sampling: 25 draws of the Monte-Carlo score per step, about 5 s of sleeping
+    (["reverse-sde", "--score", "mc-score", "--steps", "2", "--set", "score.draws=25",
+      "--set", "score.chunk=25"], "compile|sample"),
+    # training: one chunk of 20 steps, 3 states of 2 paths each, about 12 s of sleeping
+    (["pis", "--steps", "2", "--batch", "2", "--train-iters", "20"], "train"),
+])
+def test_the_watchdog_ends_a_phase_that_makes_no_progress(tmp_path, sampler, phases):
+    # a target whose log-density sleeps 0.1 s on the host
     code = tmp_path / "slow.py"
     code.write_text(textwrap.dedent("""
         import time, jax, jax.numpy as jnp
@@ -288,16 +297,14 @@ def test_the_watchdog_ends_a_phase_that_runs_too_long(tmp_path):
         def slow(x):
             return -0.5 * _slow_identity(x @ x)
     """))
-    args = ["-m", "sdekit", "sample", f"{code}:slow", "--set", "target.dim=1", "--sampler",
-            "reverse-sde", "--score", "mc-score", "--steps", "2", "-n", "1", "--set",
-            "score.draws=25", "--set", "score.chunk=25", "--watchdog", "1", "--out",
-            str(tmp_path / "out")]
+    args = ["-m", "sdekit", "sample", f"{code}:slow", "--set", "target.dim=1", "-n", "1",
+            "--watchdog", "1", "--out", str(tmp_path / "out"), "--sampler", *sampler]
     done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=240)
     assert done.returncode == 3, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
     # compiling may itself take over a second on a loaded machine: either phase is ended
     assert len(errors) == 1 and re.fullmatch(
-        r"Error: the (compile|sample) phase made no progress for 1 s \(the watchdog limit\): "
+        rf"Error: the ({phases}) phase made no progress for 1 s \(the watchdog limit\): "
         r"stopped\. If it only needs longer, raise --watchdog; if the process sat at 0% CPU, "
         r"see 'A run that hangs' in docs/performance\.md", errors[0]), done.stderr
     assert not (tmp_path / "out" / "samples.npz").exists()

@@ -70,8 +70,10 @@ class ControlledSDE(AbstractPathSampler, AbstractTrainable):
     Scale: `remat=True` rematerialises the trajectory in the backward pass (memory growing
     like $\sqrt K$ instead of $K$, for two more forward passes: 1.4-1.7x the step time);
     gradients are the same. `devices=m` shards the particle axis over a mesh of the first
-    `m` of `jax.devices()` (all hosts' devices under `jax.distributed`); the random numbers
-    do not depend on the sharding, so samples and weights are those of the single-device run.
+    `m` of `jax.devices()` (all hosts' devices under `jax.distributed`); `None`, the
+    default, shards over every device of every process in a multi-process run and not at
+    all in one process (`sdekit.particle_sharding`). The random numbers do not depend on
+    the sharding, so samples and weights are those of the single-device run.
 
     Construction takes the parts as `sdekit.resolve_part` does (a registered name, a
     `{"name": ..., **options}` dict, or an object), so `ControlledSDE(target="funnel")`
@@ -154,14 +156,6 @@ class ControlledSDE(AbstractPathSampler, AbstractTrainable):
         coef, std = self.process.transition(t_b, t_a)
         return coef * x, std
 
-    def _sharding(self, n: int) -> jax.sharding.Sharding | None:
-        """The sharding of the particle axis over `devices` (`None` without devices)."""
-        if self.devices is None:
-            return None
-        if n % self.devices:
-            raise ValueError(f"the number of particles ({n}) must be a multiple of devices={self.devices}")
-        return particle_sharding(self.devices)
-
     def simulate(
         self, key: PRNGKeyArray, n: int, *, detach: bool = False, noise: float = 1.0,
         ts: Array | None = None, stats: sdekit.StepStats | None = None,
@@ -174,7 +168,7 @@ class ControlledSDE(AbstractPathSampler, AbstractTrainable):
         x0 = self.process.prior_sample(k_prior, (n, self.target.dim))
         return sdekit.simulate(
             k_path, x0, ts, self.kernel, self.backward_kernel, noise=noise, detach=detach,
-            remat=self.remat, stats=stats, sharding=self._sharding(n),
+            remat=self.remat, stats=stats, sharding=sdekit.particle_sharding(n, self.devices),
         )
 
     def _log_weights(self, path: Path) -> Float[Array, " n"]:
@@ -191,7 +185,7 @@ class ControlledSDE(AbstractPathSampler, AbstractTrainable):
         through the kernels $B_k$; their mean is the EUBO, an upper bound on $\log Z$."""
         path = sdekit.simulate_backward(
             key, x, self.ts, self.kernel, self.backward_kernel, remat=self.remat,
-            sharding=self._sharding(x.shape[0]),
+            sharding=sdekit.particle_sharding(x.shape[0], self.devices),
         )
         return sdekit.backward_log_weights(path, self.target.log_prob, self.process.prior_log_prob)
 
@@ -204,13 +198,6 @@ class ControlledSDE(AbstractPathSampler, AbstractTrainable):
         loss = -elbo if self.loss_name == "kl" else jnp.var(log_w)
         log_Z = jax.nn.logsumexp(log_w) - jnp.log(self.batch)
         return loss, {"elbo": jax.lax.stop_gradient(elbo), "log_Z": jax.lax.stop_gradient(log_Z)}
-
-
-def particle_sharding(devices: int) -> jax.sharding.NamedSharding:
-    """Shards an array's leading axis over a 1-D mesh `("particles",)` of the first
-    `devices` of `jax.devices()`, replicating the other axes."""
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:devices]), ("particles",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("particles"))
 
 
 def _check_devices(devices: int | None, batch: int) -> None:
@@ -297,7 +284,8 @@ def _factory(name: str, default_process: str, integrator: str, summary: str):
     norm clipped to `grad_clip` (0: none). `steps` is the number of time steps $K$ and
     `spacing` the time grid (`"uniform"`, `"cosine"`, …). `remat=True`: training
     memory growing like sqrt(K), not K (checkpointed steps, same gradients). `devices`: shard
-    the particles over that many devices (`None`: no sharding; same results either way).
+    the particles over that many devices (`None`: over every process's devices in a
+    multi-process run, else none; same results either way).
     `exploration` (log-variance only): training trajectories' noise std times 1 + exploration.
     `control_scale` c: the controller's output is $c^2 u$ (`None`: the reference law's
     largest std: `sigma` for `vp`, and for `pbm` with `T = 1`). `train_steps`: the number of time steps of
