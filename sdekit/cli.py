@@ -353,8 +353,23 @@ def _check_bounds(n: int | None, steps: int | None, seed: int | None) -> None:
               "sampling or one diagnostic takes longer than SECONDS (also SDEKIT_WATCHDOG).")
 @click.option("--dry-run", is_flag=True,
               help="Resolve and compose, print the configuration, write nothing.")
+@click.option("--distributed", is_flag=True, envvar="SDEKIT_DISTRIBUTED",
+              help="Join a multi-process run (jax.distributed), its processes detected from "
+                   "SLURM, Open MPI or Cloud TPU, or given by the next three options "
+                   "(also SDEKIT_DISTRIBUTED=1).")
+@click.option("--coordinator", metavar="HOST:PORT", envvar="SDEKIT_COORDINATOR",
+              help="Process 0's address, with --processes and --process-id: join a "
+                   "multi-process run (also SDEKIT_COORDINATOR).")
+@click.option("--processes", type=click.IntRange(min=1), metavar="N", envvar="SDEKIT_PROCESSES",
+              help="Number of processes of the run (also SDEKIT_PROCESSES).")
+@click.option("--process-id", type=click.IntRange(min=0), metavar="I",
+              envvar="SDEKIT_PROCESS_ID", help="This process's id, 0 to N-1 (also SDEKIT_PROCESS_ID).")
+@click.option("--heartbeat-timeout", type=click.IntRange(min=1), default=100, show_default=True,
+              metavar="SECONDS", envvar="SDEKIT_HEARTBEAT_TIMEOUT",
+              help="In a multi-process run, end every process when one has been silent this long.")
 def sample(target, sampler, process, score, controller, steps, train_iters, batch, resume_dir,
-           n, seed, sets, config_path, out, watchdog, dry_run) -> None:
+           n, seed, sets, config_path, out, watchdog, dry_run, distributed, coordinator,
+           processes, process_id, heartbeat_timeout) -> None:
     """Draw samples from TARGET and write them with metrics and a plot (`sdekit.run`).
 
     With no TARGET, --sampler or --config: the default job, the 40-mode Gaussian mixture
@@ -380,7 +395,13 @@ def sample(target, sampler, process, score, controller, steps, train_iters, batc
 
     A part named on the command line that differs from the one in --config drops
     the options the file gave it; --set then applies on top.
+
+    In a multi-process run (--distributed, or --coordinator, --processes and
+    --process-id) every process runs this same command; process 0 prints and writes.
     """
+    if distributed or coordinator is not None or processes is not None or process_id is not None:
+        sdekit.initialize_distributed(coordinator, processes, process_id,
+                                      heartbeat_timeout=heartbeat_timeout)
     _check_bounds(n, steps, seed)
     if resume_dir is not None:
         if config_path is not None or (out is not None and Path(out) != Path(resume_dir)):
@@ -398,10 +419,14 @@ def sample(target, sampler, process, score, controller, steps, train_iters, batc
         compose_config(cfg)  # every check that composing makes, and nothing written
         return click.echo(io.toml_dumps(cfg), nl=False)
     io.check_writable_dir(out_dir)
-    click.echo(f"sampling {cfg['n']} points from {cfg['target']['name']} with "
-               f"{cfg['sampler']['name']} (seed {cfg['seed']})...", err=True)
-    result = sdekit.run(cfg, out=out_dir, progress=True, resume=resume_dir is not None,
+    writer = jax.process_index() == 0
+    if writer:
+        click.echo(f"sampling {cfg['n']} points from {cfg['target']['name']} with "
+                   f"{cfg['sampler']['name']} (seed {cfg['seed']})...", err=True)
+    result = sdekit.run(cfg, out=out_dir, progress=writer, resume=resume_dir is not None,
                         strict=_debugging(), watchdog=watchdog)
+    if not writer:
+        return
     _echo_rows(run_rows(result))
     click.echo(f"wrote {out_dir}/ ({', '.join(p for p in _run.OUTPUT_FILES if (out_dir / p).exists())})")
 

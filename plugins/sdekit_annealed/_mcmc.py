@@ -4,7 +4,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from blackjax.mcmc import mala
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 #: The acceptance rate the step size is adapted towards (optimal for MALA in high dimension).
@@ -23,6 +22,10 @@ def mala_moves(
     accepted by Metropolis–Hastings. Returns the particles, the step size for the next
     call, $h\,e^{\bar a - a^*}$ ($\bar a$ the mean acceptance probability, $a^*$ =
     `TARGET_ACCEPT`), and $\bar a$."""
+    # imported here: blackjax computes with JAX when imported, which would start JAX's
+    # backend before a multi-process run can be joined (`sdekit.initialize_distributed`)
+    from blackjax.mcmc import mala
+
     kernel = mala.build_kernel()
     state = jax.vmap(lambda p: mala.init(p, log_prob))(x)
 

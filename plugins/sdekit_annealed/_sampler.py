@@ -7,8 +7,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from blackjax.smc import resampling
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 import sdekit
 from sdekit import (
@@ -223,7 +222,7 @@ class AnnealedSampler(AbstractPathSampler, AbstractTrainable):
             log_G = _segment_log_G(kernels, grid, p.log_ratio, x, p.x)
             new_log_w = log_w + log_G
             resample = ~is_last & (ess(new_log_w) < self.resample_threshold)
-            ancestors = resampling.systematic(k_res, jax.nn.softmax(new_log_w), n)
+            ancestors = systematic(k_res, jax.nn.softmax(new_log_w), n)
             x_next = jax.lax.stop_gradient(jnp.where(resample, p.x[ancestors], p.x))
             log_w_next = jnp.where(resample, log_Z_estimate(new_log_w), new_log_w)
             accept = jnp.nan
@@ -366,6 +365,15 @@ def _fitted(target: AbstractTarget, fit: str) -> tuple[AbstractTarget, int]:
                       f"converge; the sampler runs in its coordinates all the same (fit='off' "
                       f"runs in the target's own)", stacklevel=3)
     return Standardised(target, gaussian.mean, gaussian.scale), int(gaussian.evaluations)
+
+
+def systematic(key: PRNGKeyArray, weights: Float[Array, " n"], n: int) -> Int[Array, " n"]:
+    """blackjax's systematic resampling: `n` ancestor indices for normalised `weights`."""
+    # imported here: blackjax computes with JAX when imported, which would start JAX's
+    # backend before a multi-process run can be joined (`sdekit.initialize_distributed`)
+    from blackjax.smc import resampling
+
+    return resampling.systematic(key, weights, n)
 
 
 def _states(s, t, x, x_new, log_ratio):

@@ -3,9 +3,6 @@ import functools
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from blackjax.mcmc import hmc as bj_hmc
-from blackjax.smc import resampling
-from blackjax.smc import tempered as bj_tempered
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 import sdekit
@@ -95,6 +92,12 @@ class SMC(AbstractSampler):
 
     @eqx.filter_jit
     def _run(self, key: PRNGKeyArray, n: int):
+        # imported here: blackjax computes with JAX when imported, which would start JAX's
+        # backend before a multi-process run can be joined (`sdekit.initialize_distributed`)
+        from blackjax.mcmc import hmc as bj_hmc
+        from blackjax.smc import resampling
+        from blackjax.smc import tempered as bj_tempered
+
         move = functools.partial(bj_hmc.build_kernel(), num_integration_steps=self.leapfrog)
         kernel = bj_tempered.build_kernel(
             self._log_prior, self._log_ratio, move, bj_hmc.init, resampling.systematic

@@ -18,7 +18,7 @@ from sdekit import io as sio
 
 __all__ = ["DATASETS", "dataset", "datasets", "load_data"]
 
-_BLOB_MEANS = 0.65 * jnp.array(
+_BLOB_MEANS = 0.65 * np.array(  # NumPy: no JAX computation at import
     [[2, 2], [2, -2], [-2, 2], [-2, -2], [0, 0], [4, 0], [-4, 0], [0, 4], [0, -4]], dtype=float
 )
 
@@ -28,7 +28,7 @@ def blob(key: PRNGKeyArray, n: int) -> Float[Array, "n 2"]:
     $0.2 I$, all scaled by $0.65$."""
     k1, k2 = jax.random.split(key)
     comp = jax.random.randint(k1, (n,), 0, 9)
-    return _BLOB_MEANS[comp] + 0.65 * jnp.sqrt(0.2) * jax.random.normal(k2, (n, 2))
+    return jnp.asarray(_BLOB_MEANS)[comp] + 0.65 * jnp.sqrt(0.2) * jax.random.normal(k2, (n, 2))
 
 
 def checker(key: PRNGKeyArray, n: int) -> Float[Array, "n 2"]:
