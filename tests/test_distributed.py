@@ -96,3 +96,13 @@ def test_a_process_killed_stops_the_other_and_the_run_resumes(tmp_path):
     assert code == 0, err
     _, metrics = _outputs(out)
     assert metrics["status"] == "ok" and np.isfinite(metrics["log_Z"])
+
+
+def test_loading_every_plugin_leaves_jax_uninitialised():
+    # jax.distributed.initialize must come before any JAX computation, and the CLI loads
+    # every plugin (for their commands) before it parses --distributed
+    code = ("import sdekit, jax._src.xla_bridge as xb; sdekit.registry(); "
+            "import sdekit.cli; assert not xb._backends, 'a plugin started JAX when loaded'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=LIMIT)
+    assert done.returncode == 0, done.stderr
