@@ -9,6 +9,7 @@ resolving it again gives the same configuration, so a run is reproduced from its
 
 import hashlib
 import inspect
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ DEFAULT_JOB: dict[str, Any] = {
 }
 #: PRNG seeds are 32-bit: larger ones would alias smaller ones.
 MAX_SEED = 2**32 - 1
+#: Integer options (sizes, counts, steps) are 32-bit, as JAX's integers are without x64:
+#: a larger one is no size any machine can allocate, and would overflow inside XLA.
+MAX_INT = 2**31 - 1
 #: Derived part seeds stay below 2**31, a valid seed under every integer convention.
 _PART_SEED_BITS = 31
 
@@ -129,7 +133,8 @@ def check_section(
 
     `options` maps each option to its default (`inspect.Parameter.empty` if required).
     An unknown option gets a "did you mean" (unless `takes_any`), a value of the wrong
-    type a `ConfigError` naming it, and every default that is a TOML value is filled in
+    type or an integer beyond 32 bits (`MAX_INT`; `MAX_SEED` for a `seed`) a `ConfigError`
+    naming it, and every default that is a TOML value is filled in
     (`None` and other defaults are left out: the factory's own default applies).
     `owner` names what takes the options (`"sampler 'pis'"`) in messages.
     """
@@ -141,6 +146,8 @@ def check_section(
                 f"are: {', '.join(options) or 'none'}"
             )
     out: dict[str, Any] = {}
+    for key, value in given.items():
+        _check_ints(f"{section}.{key}", value, MAX_SEED if key == "seed" else MAX_INT)
     for key, default in options.items():
         if key in given:
             out[key] = coerce(f"{section}.{key}", given[key], default)
@@ -150,6 +157,20 @@ def check_section(
         elif default is not None and io.is_toml_value(default):
             out[key] = default
     return {**out, **{k: v for k, v in given.items() if k not in out}}
+
+
+def _check_ints(where: str, value: Any, high: int) -> None:
+    """Refuse an integer in `value` (a number, an array, a table) outside [-MAX_INT - 1, high]."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_ints(f"{where}.{k}", v, high)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_ints(where, v, high)
+    elif isinstance(value, int) and not isinstance(value, bool) and not (
+            -MAX_INT - 1 <= value <= high):
+        raise ConfigError(f"{where} = {value} is out of range: integers must lie in "
+                          f"[{-MAX_INT - 1}, {high}]")
 
 
 def derive_seed(seed: int, kind: str) -> int:
@@ -218,6 +239,7 @@ def _apply(cfg: dict[str, Any], names: Mapping[str, str | None], n: int | None,
     cfg.setdefault("n", DEFAULTS["n"])
     _check_int("seed", cfg["seed"], 0, MAX_SEED)
     _check_int("n", cfg["n"], 1)
+    _check_ints("n", cfg["n"], MAX_INT)
     for kind in ("target", "sampler"):
         if "name" not in cfg.setdefault(kind, {}):
             cfg[kind] = {**DEFAULTS[kind], **cfg[kind]}
@@ -236,10 +258,24 @@ def _complete_part(entry: Entry, section: Mapping[str, Any], seed: int) -> dict[
     options = entry.options()
     if "seed" in options and "seed" not in given and entry.kind != "target":
         given["seed"] = derive_seed(seed, entry.kind)  # a target's seed defines the problem
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in entry.parameters().values())
+    params = entry.parameters()
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     owner = f"{entry.kind} {entry.name!r}"
-    return {"name": entry.name,
-            **check_section(entry.kind, given, options, owner=owner, takes_any=takes_any)}
+    checked = check_section(entry.kind, given, options, owner=owner, takes_any=takes_any)
+    for key, value in checked.items():  # `x: float | None = None`: a float, when given
+        if key in params and params[key].default is None and value is not None:
+            stand_in = _annotated_default(params[key])
+            if stand_in is not None:
+                checked[key] = coerce(f"{entry.kind}.{key}", value, stand_in)
+    return {"name": entry.name, **checked}
+
+
+def _annotated_default(param: inspect.Parameter) -> Any:
+    """A stand-in default of the one scalar type `param` is annotated with besides `None`
+    (`float | None` -> `0.0`), to check a value given for it; else `None`."""
+    kinds = [a for a in typing.get_args(param.annotation) or (param.annotation,)
+             if a is not type(None)]
+    return kinds[0]() if len(kinds) == 1 and kinds[0] in (bool, int, float, str) else None
 
 
 def _part_section(kind: str, section: dict[str, Any], param: inspect.Parameter,
@@ -281,6 +317,7 @@ def _set_steps(cfg: dict[str, Any], sampler: Entry, steps: int | None) -> None:
     if steps is None:
         return
     _check_int("--steps", steps, 1)
+    _check_ints("--steps", steps, MAX_INT)
     if "steps" not in sampler.options():
         raise ConfigError(f"--steps: sampler {sampler.name!r} has no 'steps' option; its "
                           f"options are: {', '.join(sampler.options()) or 'none'}")

@@ -134,8 +134,8 @@ def test_a_trained_run_that_cannot_write_its_config_fails_before_training(tmp_pa
 def test_a_real_full_disk_and_a_real_file_size_limit(weights_only, tmp_path, monkeypatch):
     """The kernel's own errors: every write of the last file goes to /dev/full (ENOSPC on
     flushing), then a file-size limit below the samples' size (EFBIG, `ulimit -f`)."""
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full")
+    if not Path("/dev/full").is_char_device():
+        pytest.skip("no /dev/full device")
     real_fdopen = os.fdopen
 
     def full(fd, mode="r", *args, **kwargs):
@@ -165,10 +165,13 @@ def test_a_real_full_disk_and_a_real_file_size_limit(weights_only, tmp_path, mon
 
 
 def test_a_device_or_a_read_only_mount_is_never_written_over(tmp_path, monkeypatch):
-    with pytest.raises(OSError, match="cannot write /dev/full: not a regular file"):
-        sio.atomic_write("/dev/full", b"x")
-    assert Path("/dev/full").is_char_device()
-    assert "not a directory" in _one_error(CliRunner().invoke(cli, [*QUICK, "--out", "/dev/full"]))
+    fifo = tmp_path / "fifo"  # not a regular file, like /dev/full, but ours to lose
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match=f"cannot write {fifo}: not a regular file"):
+        sio.atomic_write(fifo, b"x")
+    assert fifo.is_fifo() and _listing(tmp_path) == ["fifo"]
+    assert "not a directory" in _one_error(CliRunner().invoke(cli, [*QUICK, "--out", str(fifo)]))
+    fifo.unlink()
     real = os.statvfs
     monkeypatch.setattr(os, "statvfs", lambda p: os.statvfs_result(
         (*real(p)[:8], real(p).f_flag | os.ST_RDONLY, real(p).f_namemax)))
