@@ -131,6 +131,27 @@ def test_a_trained_run_that_cannot_write_its_config_fails_before_training(tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.xfail(strict=True, reason="sdekit/_train.py's _save writes checkpoint.eqx.tmp "
+                   "itself; it must go through sdekit.io.atomic_write to say the file and the fix")
+def test_a_full_disk_while_checkpointing_is_one_line_naming_the_checkpoint(
+        weights_only, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real_open = builtins.open
+
+    def full(path, mode="r", *args, **kwargs):
+        if Path(str(path)).parent == out and "checkpoint" in str(path) and "w" in mode:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full)
+    _inject(monkeypatch, out, errno.ENOSPC, "open", "checkpoint.eqx")
+    args = [*TRAINED[:-1], "100", "--out", str(out)]
+    error = _one_error(CliRunner().invoke(cli, args))
+    assert error.startswith(f"Error: cannot write {out / 'checkpoint.eqx'}: No space left on "
+                            f"device; free some space"), error
+    assert _listing(out) == ["config.toml"]  # resumable once there is space
+
+
 def test_a_real_full_disk_and_a_real_file_size_limit(weights_only, tmp_path, monkeypatch):
     """The kernel's own errors: every write of the last file goes to /dev/full (ENOSPC on
     flushing), then a file-size limit below the samples' size (EFBIG, `ulimit -f`)."""
