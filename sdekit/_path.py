@@ -155,8 +155,40 @@ def remat_scan(step, carry, xs):
     return carry, jax.tree.map(lambda a: a.reshape(K, *a.shape[2:]), ys)
 
 
-def _constrain(x: Array, sharding: jax.sharding.Sharding | None) -> Array:
-    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+def _normal(k: PRNGKeyArray, x: Array) -> Array:
+    return jax.random.normal(k, x.shape, x.dtype)
+
+
+def _on_shards(run, sharding, key, x, ts, fns) -> Path:
+    """`run(key, x, ts, fns, draw)`, with the particles split over the 1-D mesh of `sharding`.
+
+    Each device simulates its own particles (`jax.shard_map`); the arrays the kernels hold
+    (parameters) and the grid enter replicated and are cast to per-device values once, at
+    the start, so that the gradient with respect to them is summed across devices once per
+    call, not once per step. Each device draws the noise of all `n` particles and keeps its
+    rows, so the random numbers are those of the unsharded run.
+    """
+    if sharding is None:
+        return run(key, x, ts, fns, _normal)
+    mesh, axis, n = sharding.mesh, sharding.spec[0], x.shape[0]
+    arrays, static = eqx.partition((ts, fns), eqx.is_array)
+
+    def local(key, x, arrays):
+        arrays = jax.tree.map(
+            lambda a: jax.lax.pcast(a, axis, to="varying") if eqx.is_inexact_array(a) else a, arrays)
+        ts, fns = eqx.combine(arrays, static)
+        start = jax.lax.axis_index(axis) * x.shape[0]
+
+        def draw(k, y):
+            every = jax.random.normal(k, (n, *y.shape[1:]), y.dtype)
+            return jax.lax.dynamic_slice_in_dim(every, start, y.shape[0])
+
+        return run(key, x, ts, fns, draw)
+
+    P = jax.sharding.PartitionSpec
+    stats = None if fns[-1] is None else P(None, axis)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P()),
+                         out_specs=Path(P(axis), P(axis), P(axis), stats))(key, x, arrays)
 
 
 def _run(step, carry, xs, remat: bool, reverse: bool = False):
@@ -253,15 +285,20 @@ def simulate(
 
     The random numbers depend only on `key` and the shapes, not on `remat` or `sharding`.
     """
+    run = functools.partial(_forward_paths, noise=noise, detach=detach, remat=remat)
+    return _on_shards(run, sharding, key, x0, ts, (forward, backward, point, move, stats))
+
+
+def _forward_paths(key, x0, ts, fns, draw, *, noise, detach, remat) -> Path:
+    forward, backward, point, move, stats = fns
     fwd, bwd, at = _vectorised(forward, backward, point)
     moved = _moved(move, at)
-    x0 = _constrain(x0, sharding)
 
     def step(carry, inputs):
         x, p, total = carry
         s, t, k = inputs
         mean, std = fwd(s, t, x, p)
-        y = mean + (noise * std) * jax.random.normal(k, x.shape, x.dtype)
+        y = mean + (noise * std) * draw(k, x)
         if detach:
             y = jax.lax.stop_gradient(y)
         x_new, p_new = moved(s, t, y, p)
@@ -273,7 +310,7 @@ def simulate(
         out = None if stats is None else stats(s, t, x, x_new, increment)
         return (x_new, p_new, _kahan_add(total, increment)), out
 
-    zero = _constrain(jnp.zeros(x0.shape[0], x0.dtype), sharding)
+    zero = jnp.zeros_like(x0[:, 0])  # varying over the devices, like x0
     inputs = _steps(ts, key)
     (x, _, (log_ratio, _)), out = _run(step, (x0, at(_entry(ts, 0), x0), (zero, zero)), inputs, remat)
     return Path(x, x0, log_ratio, out)
@@ -301,8 +338,13 @@ def simulate_backward(
     `backward_log_weights(path, log_gamma, log_nu)` gives the log-weights, whose mean over
     $x \sim \pi$ is the EUBO. `stats` are stacked in grid order.
     """
+    run = functools.partial(_backward_paths, remat=remat)
+    return _on_shards(run, sharding, key, x, ts, (forward, backward, point, move_back, stats))
+
+
+def _backward_paths(key, x, ts, fns, draw, *, remat) -> Path:
+    forward, backward, point, move_back, stats = fns
     fwd, bwd, at = _vectorised(forward, backward, point)
-    x = _constrain(x, sharding)
     undo = _undone(move_back)
 
     def step(carry, inputs):
@@ -310,14 +352,14 @@ def simulate_backward(
         s, t, k = inputs
         y = undo(s, t, x_k, p)
         mean_b, std_b = bwd(s, t, y, p)
-        x_prev = mean_b + std_b * jax.random.normal(k, y.shape, y.dtype)
+        x_prev = mean_b + std_b * draw(k, y)
         p_prev = at(s, x_prev)
         mean, std = fwd(s, t, x_prev, p_prev)
         increment = gaussian_log_ratio(x_prev, mean_b, std_b, y, mean, std)
         out = None if stats is None else stats(s, t, x_prev, x_k, increment)
         return (x_prev, p_prev, _kahan_add(total, increment)), out
 
-    zero = _constrain(jnp.zeros(x.shape[0], x.dtype), sharding)
+    zero = jnp.zeros_like(x[:, 0])  # varying over the devices, like x
     inputs = _steps(ts, key)
     end = at(_entry(ts, -1), x)
     (x0, _, (log_ratio, _)), out = _run(step, (x, end, (zero, zero)), inputs, remat, reverse=True)

@@ -134,7 +134,7 @@ SHARDED = """
     pa = jax.tree.leaves(eqx.filter(trained_a.controller, eqx.is_inexact_array))
     pb = jax.tree.leaves(eqx.filter(trained_b.controller, eqx.is_inexact_array))
     print(json.dumps({
-        "x_equal": bool(jnp.array_equal(a.x, b.x)),
+        "x_max_diff": float(jnp.max(jnp.abs(a.x - b.x))),
         "log_w_max_diff": float(jnp.max(jnp.abs(a.log_weights - b.log_weights))),
         "back_max_diff": float(jnp.max(jnp.abs(back_a - back_b))),
         "devices": len(b.x.sharding.device_set),
@@ -160,8 +160,10 @@ def subprocess_results():
 def test_sharded_particles_give_the_single_device_results(subprocess_results):
     out = subprocess_results
     assert out["devices"] == 4 and out["shard_shape"] == [16, 10]
-    # the same random numbers and the same per-particle arithmetic: bitwise equal
-    assert out["x_equal"] and out["log_w_max_diff"] == 0.0 and out["back_max_diff"] == 0.0
+    # the same random numbers and the same per-particle arithmetic, compiled into another
+    # program (each device's own): equal to float32 rounding, |x| and |log w| being O(1-10)
+    assert out["x_max_diff"] < 1e-5
+    assert out["log_w_max_diff"] < 1e-4 and out["back_max_diff"] < 1e-4
     # training reduces the loss over devices (another summation order): float tolerance
     assert out["param_max_rel_diff"] < 1e-4
 
