@@ -71,6 +71,24 @@ def gather(tree: PyTree) -> PyTree:
     return jax.tree.map(whole, tree)
 
 
+def replicate(tree: PyTree) -> PyTree:
+    """In a multi-process run, `tree`'s arrays placed on every device of every process,
+    replicated: where a training step's outputs live, so that its inputs match them and it
+    compiles once. Unchanged in a single process."""
+    if jax.process_count() == 1:
+        return tree
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("particles",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def place(a):
+        if not isinstance(a, jax.Array):
+            return a
+        value = np.asarray(a)  # every process holds the same (NaNs included: no check)
+        return jax.make_array_from_callback(value.shape, replicated, lambda index: value[index])
+
+    return jax.tree.map(place, tree)
+
+
 def particle_sharding(n: int, devices: int | None = None) -> jax.sharding.NamedSharding | None:
     """The sharding of a particle axis of length `n` over a 1-D mesh `("particles",)` of the
     first `devices` of `jax.devices()` (every process's devices under `jax.distributed`),

@@ -48,6 +48,7 @@ from collections.abc import Callable
 
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
@@ -163,20 +164,20 @@ def _on_shards(run, sharding, key, x, ts, fns) -> Path:
     """`run(key, x, ts, fns, draw)`, with the particles split over the 1-D mesh of `sharding`.
 
     Each device simulates its own particles (`jax.shard_map`); the arrays the kernels hold
-    (parameters) and the grid enter replicated and are cast to per-device values once, at
-    the start, so that the gradient with respect to them is summed across devices once per
-    call, not once per step. Each device draws the noise of all `n` particles and keeps its
-    rows, so the random numbers are those of the unsharded run.
+    (parameters) and the grid enter replicated, as one vector, and are cast to per-device
+    values once, at the start, so that the gradient with respect to them is summed across
+    devices in one reduction per call, not one per step and array. Each device draws the
+    noise of all `n` particles and keeps its rows, so the random numbers are those of the
+    unsharded run.
     """
     if sharding is None:
         return run(key, x, ts, fns, _normal)
     mesh, axis, n = sharding.mesh, sharding.spec[0], x.shape[0]
-    arrays, static = eqx.partition((ts, fns), eqx.is_array)
+    arrays, static = eqx.partition((ts, fns), eqx.is_inexact_array)
+    flat, unflatten = jax.flatten_util.ravel_pytree(arrays)  # one vector: one reduction
 
-    def local(key, x, arrays):
-        arrays = jax.tree.map(
-            lambda a: jax.lax.pcast(a, axis, to="varying") if eqx.is_inexact_array(a) else a, arrays)
-        ts, fns = eqx.combine(arrays, static)
+    def local(key, x, flat):
+        ts, fns = eqx.combine(unflatten(jax.lax.pcast(flat, axis, to="varying")), static)
         start = jax.lax.axis_index(axis) * x.shape[0]
 
         def draw(k, y):
@@ -188,7 +189,7 @@ def _on_shards(run, sharding, key, x, ts, fns) -> Path:
     P = jax.sharding.PartitionSpec
     stats = None if fns[-1] is None else P(None, axis)
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P()),
-                         out_specs=Path(P(axis), P(axis), P(axis), stats))(key, x, arrays)
+                         out_specs=Path(P(axis), P(axis), P(axis), stats))(key, x, flat)
 
 
 def _run(step, carry, xs, remat: bool, reverse: bool = False):

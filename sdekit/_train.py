@@ -1,6 +1,7 @@
 """Training of anything with a stochastic loss: learned samplers and score models."""
 
 import abc
+import io
 import os
 import time
 from collections.abc import Callable
@@ -13,7 +14,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
-from ._distributed import is_writer
+from . import io as sdekit_io
+from ._distributed import is_writer, replicate
 from ._errors import SdekitError
 from ._target import AbstractTarget
 
@@ -193,9 +195,9 @@ def _first_line(e: BaseException) -> str:
 
 
 def _save(path: Path, state: TrainState) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    eqx.tree_serialise_leaves(tmp, state)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    eqx.tree_serialise_leaves(buffer, state)
+    sdekit_io.atomic_write(path, buffer.getvalue())
 
 
 def train(
@@ -225,6 +227,7 @@ def train(
     path = None if checkpoint is None else Path(checkpoint)
     if path is not None and path.exists():
         state = _load_state(path, state)
+    state = replicate(state)
     bar = _progress_bar(options.steps, int(state.step), progress)
     start = time.perf_counter()
     try:

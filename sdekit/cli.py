@@ -60,6 +60,9 @@ def _translate(e: BaseException, debug: bool) -> BaseException:
         return click.exceptions.Exit(1)
     if isinstance(e, (SdekitError, ValueError, OSError)):
         return _Error(str(e) or type(e).__name__)
+    if isinstance(e, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(e):
+        return _Error(f"out of memory: {_one_line(str(e).split('RESOURCE_EXHAUSTED:', 1)[1])}; "
+                      f"reduce n, the dimension, steps, batch or draws")
     first = (str(e).strip().splitlines() or [""])[0]
     return _Error(f"unexpected {type(e).__name__}: {first} (this is a bug in sdekit or a "
                   f"plugin; run 'sdekit --debug ...' for the traceback)")

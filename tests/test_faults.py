@@ -131,8 +131,6 @@ def test_a_trained_run_that_cannot_write_its_config_fails_before_training(tmp_pa
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="sdekit/_train.py's _save writes checkpoint.eqx.tmp "
-                   "itself; it must go through sdekit.io.atomic_write to say the file and the fix")
 def test_a_full_disk_while_checkpointing_is_one_line_naming_the_checkpoint(
         weights_only, tmp_path, monkeypatch):
     out = tmp_path / "out"
