@@ -6,6 +6,8 @@ devices, the gradient is reduced by the compiler's collectives, and the results 
 gathered so that every process holds the whole run; only process 0 writes files.
 """
 
+import os
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -28,12 +30,16 @@ def initialize_distributed(
     """Join a multi-process run: `jax.distributed.initialize`, before any JAX computation.
 
     `coordinator` (`HOST:PORT` of process 0), `processes` and `process_id` (0, 1, ...,
-    `processes - 1`) are given together, or all omitted to detect them from the cluster's
-    environment (SLURM, Open MPI, Cloud TPU). On CPU the collectives are JAX's gloo
+    `processes - 1`) are given together, or all omitted to read them from the environment
+    variables `SDEKIT_COORDINATOR`, `SDEKIT_PROCESSES` and `SDEKIT_PROCESS_ID` (those
+    `sdekit sample` reads) or, without them, to detect them from the cluster (SLURM,
+    Open MPI, Cloud TPU). On CPU the collectives are JAX's gloo
     implementation. A process that stops sending heartbeats for `heartbeat_timeout`
     seconds (killed, lost) ends every other process with JAX's error "another task died".
     Calling it again in an initialised process does nothing.
     """
+    if coordinator is None and processes is None and process_id is None:
+        coordinator, processes, process_id = _from_environment()
     given = [v is not None for v in (coordinator, processes, process_id)]
     if any(given) and not all(given):
         raise DistributedError(
@@ -51,6 +57,18 @@ def initialize_distributed(
                                    heartbeat_timeout_seconds=heartbeat_timeout)
     except (RuntimeError, ValueError) as e:
         raise DistributedError(f"could not join the multi-process run: {e}") from None
+
+
+def _from_environment() -> tuple[str | None, int | None, int | None]:
+    env = os.environ
+    try:
+        return (env.get("SDEKIT_COORDINATOR"),
+                *(None if env.get(k) is None else int(env[k])
+                  for k in ("SDEKIT_PROCESSES", "SDEKIT_PROCESS_ID")))
+    except ValueError:
+        raise DistributedError(
+            f"SDEKIT_PROCESSES and SDEKIT_PROCESS_ID must be integers, got "
+            f"{env.get('SDEKIT_PROCESSES')!r} and {env.get('SDEKIT_PROCESS_ID')!r}") from None
 
 
 def is_writer() -> bool:
