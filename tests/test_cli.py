@@ -780,13 +780,14 @@ def _trained_steps(run: Path) -> int:
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_to_the_uninterrupted_run(runner, tmp_path, monkeypatch):
-    """Kill the installed script after its first checkpoint, `--resume` the run, and get
-    bit for bit the samples of an uninterrupted run; `diagnose` then reloads the trained
-    sampler from the checkpoint."""
+def test_killed_training_resumes_and_diagnose_reloads_the_checkpoint(runner, tmp_path, monkeypatch):
+    """Kill the installed script after its first checkpoint and `--resume` the run (that
+    the result is bit for bit the uninterrupted run's, tests/test_faults.py shows);
+    `diagnose` then reloads the trained sampler from the checkpoint, and refuses a partial
+    or a mismatched one."""
     if not registered("sampler", "pis"):
         pytest.skip("the samplers plugin is not installed yet")
-    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    killed = tmp_path / "killed"
     proc = subprocess.Popen([_script(), *PIS_RUN, "--out", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -804,12 +805,7 @@ def test_killed_training_resumes_to_the_uninterrupted_run(runner, tmp_path, monk
     monkeypatch.setattr(run_module, "DEFAULT_DIAGNOSTICS", ("weights",))
     result = runner.invoke(cli, ["sample", "--resume", str(killed)])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(cli, [*PIS_RUN, "--out", str(whole)])
-    assert result.exit_code == 0, result.output
-    assert _trained_steps(killed) == _trained_steps(whole) == 1000
-    a, b = sio.load_npz(killed / "samples.npz"), sio.load_npz(whole / "samples.npz")
-    np.testing.assert_array_equal(a["x"], b["x"])
-    np.testing.assert_array_equal(a["log_weights"], b["log_weights"])
+    assert _trained_steps(killed) == 1000
 
     result = runner.invoke(cli, ["diagnose", str(killed), "-d", "weights"])
     assert result.exit_code == 0, result.output
@@ -817,12 +813,12 @@ def test_killed_training_resumes_to_the_uninterrupted_run(runner, tmp_path, monk
     metrics = json.loads((killed / "metrics.json").read_text())
     assert found["eubo"] == metrics["eubo"] and found["log_Z"] == metrics["log_Z"]
 
-    shutil.copy(whole / "samples.npz", partial)
+    shutil.copy(killed / "samples.npz", partial)
     one_line_error(runner.invoke(cli, ["diagnose", str(partial)]),
                    f"{partial_steps} of 1000 training steps", "--resume")
-    config = (whole / "config.toml").read_text().replace("train_iters = 1000", "train_iters = 900")
-    (whole / "config.toml").write_text(config)
-    one_line_error(runner.invoke(cli, ["diagnose", str(whole)]),
+    config = (killed / "config.toml").read_text().replace("train_iters = 1000", "train_iters = 900")
+    (killed / "config.toml").write_text(config)
+    one_line_error(runner.invoke(cli, ["diagnose", str(killed)]),
                    "not a checkpoint of this model", "train_iters")
 
 

@@ -129,18 +129,12 @@ SHARDED = """
     a, b = one.sample(key, 64), four.sample(key, 64)
     x = one.target.sample(jax.random.key(1), 64)
     back_a, back_b = one.backward_log_weights(key, x), four.backward_log_weights(key, x)
-    trained_a, _ = sdekit.train(one, key, progress=False)
-    trained_b, _ = sdekit.train(four, key, progress=False)
-    pa = jax.tree.leaves(eqx.filter(trained_a.controller, eqx.is_inexact_array))
-    pb = jax.tree.leaves(eqx.filter(trained_b.controller, eqx.is_inexact_array))
     print(json.dumps({
         "x_max_diff": float(jnp.max(jnp.abs(a.x - b.x))),
         "log_w_max_diff": float(jnp.max(jnp.abs(a.log_weights - b.log_weights))),
         "back_max_diff": float(jnp.max(jnp.abs(back_a - back_b))),
         "devices": len(b.x.sharding.device_set),
         "shard_shape": list(b.x.sharding.shard_shape(b.x.shape)),
-        "param_max_rel_diff": max(float(jnp.max(jnp.abs(p - q)) / (jnp.max(jnp.abs(p)) + 1e-30))
-                                  for p, q in zip(pa, pb)),
         # then float64 (switched on before anything of it is built), for the precision test
         "float64": (jax.config.update("jax_enable_x64", True), _exact_dds_log_weights())[1],
     }))
@@ -164,8 +158,7 @@ def test_sharded_particles_give_the_single_device_results(subprocess_results):
     # program (each device's own): equal to float32 rounding, |x| and |log w| being O(1-10)
     assert out["x_max_diff"] < 1e-5
     assert out["log_w_max_diff"] < 1e-4 and out["back_max_diff"] < 1e-4
-    # training reduces the loss over devices (another summation order): float tolerance
-    assert out["param_max_rel_diff"] < 1e-4
+    # training across devices: tests/test_distributed.py (two processes against one)
 
 
 def test_devices_option_is_checked():
