@@ -95,8 +95,7 @@ def replicate(tree: PyTree) -> PyTree:
     compiles once. Unchanged in a single process."""
     if jax.process_count() == 1:
         return tree
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("particles",))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    replicated = jax.sharding.NamedSharding(_mesh(jax.device_count()), jax.sharding.PartitionSpec())
 
     def place(a):
         if not isinstance(a, jax.Array):
@@ -125,5 +124,9 @@ def particle_sharding(n: int, devices: int | None = None) -> jax.sharding.NamedS
                          f"of jax.devices()), got {devices!r}")
     if n % devices:
         raise ValueError(f"the number of particles ({n}) must be a multiple of devices={devices}")
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:devices]), ("particles",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("particles"))
+    return jax.sharding.NamedSharding(_mesh(devices), jax.sharding.PartitionSpec("particles"))
+
+
+def _mesh(devices: int) -> jax.sharding.Mesh:
+    """The 1-D mesh `("particles",)` of the first `devices` of `jax.devices()`."""
+    return jax.sharding.Mesh(np.asarray(jax.devices()[:devices]), ("particles",))

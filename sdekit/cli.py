@@ -21,6 +21,7 @@ import jax
 import sdekit
 
 from . import _config, _run, io
+from ._distributed import is_writer
 from ._errors import SdekitError
 from ._info import PLURALS, format_default, format_metric, info_report, parse_kind, plugins_report, run_rows
 from ._plugins import KINDS, PARTS
@@ -422,7 +423,7 @@ def sample(target, sampler, process, score, controller, steps, train_iters, batc
         compose_config(cfg)  # every check that composing makes, and nothing written
         return click.echo(io.toml_dumps(cfg), nl=False)
     io.check_writable_dir(out_dir)
-    writer = jax.process_index() == 0
+    writer = is_writer()
     if writer:
         click.echo(f"sampling {cfg['n']} points from {cfg['target']['name']} with "
                    f"{cfg['sampler']['name']} (seed {cfg['seed']})...", err=True)

@@ -200,19 +200,6 @@ class ControlledSDE(AbstractPathSampler, AbstractTrainable):
         return loss, {"elbo": jax.lax.stop_gradient(elbo), "log_Z": jax.lax.stop_gradient(log_Z)}
 
 
-def _check_devices(devices: int | None, batch: int) -> None:
-    if devices is None:
-        return
-    available = jax.device_count()
-    if isinstance(devices, bool) or not (isinstance(devices, int) and 1 <= devices <= available):
-        raise ValueError(
-            f"devices must be None or an integer in [1, {available}] (jax.device_count()), "
-            f"got {devices!r}"
-        )
-    if batch % devices:
-        raise ValueError(f"batch ({batch}) must be a multiple of devices={devices}")
-
-
 def _check_training(loss, exploration, batch, remat, devices, train_steps) -> None:
     """`ValueError` naming the first bad training option."""
     if loss not in LOSSES:
@@ -227,7 +214,8 @@ def _check_training(loss, exploration, batch, remat, devices, train_steps) -> No
         raise ValueError(f"batch must be an integer >= 2, got {batch!r}")
     if not isinstance(remat, bool):
         raise ValueError(f"remat must be True or False, got {remat!r}")
-    _check_devices(devices, batch)
+    if devices is not None:
+        sdekit.particle_sharding(batch, devices)  # raises unless the batch splits over them
     if train_steps is not None and not (
         isinstance(train_steps, int) and not isinstance(train_steps, bool) and train_steps >= 1
     ):
