@@ -171,7 +171,7 @@ def run_training_free(sampler_name: str, target_name: str, seed: int, n: int, bu
 
 def evaluate(key, target, sampler, samples) -> dict:
     """log Ẑ and its error, ELBO, ESS (when `samples` are weighted), the `sample-quality`
-    metrics, and the EUBO (when the target has exact samples and `sampler` backward weights)."""
+    and `sinkhorn` metrics, and the EUBO (when the target has exact samples and `sampler` backward weights)."""
     out = {}
     log_w, n = samples.log_weights, samples.x.shape[0]
     if log_w is not None:
@@ -180,13 +180,14 @@ def evaluate(key, target, sampler, samples) -> dict:
         out["n_nonfinite_weights"] = int(jnp.sum(~jnp.isfinite(log_w)))
         out["elbo"] = float(jnp.mean(log_w))
         out["ess"] = float(jnp.exp(2 * jax.nn.logsumexp(log_w) - jax.nn.logsumexp(2 * log_w)) / n)
-    try:
-        values = sdekit.create("diagnostic", "sample-quality")(
-            jax.random.fold_in(key, 2), target=target, sampler=sampler, samples=samples
-        )
-        out.update({k: float(v) for k, v in values.items() if np.ndim(v) == 0})
-    except Exception as e:  # noqa: BLE001 - keep the sampling result
-        out["sample_quality_error"] = f"{type(e).__name__}: {e}"
+    for name in ("sample-quality", "sinkhorn"):
+        try:
+            values = sdekit.create("diagnostic", name)(
+                jax.random.fold_in(key, 2), target=target, sampler=sampler, samples=samples
+            )
+            out.update({k: float(v) for k, v in values.items() if np.ndim(v) == 0})
+        except Exception as e:  # noqa: BLE001 - keep the sampling result
+            out[f"{name.replace('-', '_')}_error"] = f"{type(e).__name__}: {e}"
     if target.has_exact_samples and isinstance(sampler, sdekit.AbstractPathSampler):
         x = target.sample(jax.random.fold_in(key, 3), n)
         out["eubo"] = float(jnp.mean(sampler.backward_log_weights(jax.random.fold_in(key, 4), x)))

@@ -50,11 +50,15 @@ __all__ = ["Run", "RunError", "RunFailed", "RunWarning", "compose_config", "diag
 #: The files a finished run directory holds.
 OUTPUT_FILES = ("samples.npz", "metrics.json", "samples.png", "config.toml")
 #: Diagnostics a run computes after sampling, those that are registered.
-DEFAULT_DIAGNOSTICS = ("weights", "sample-quality")
+#: Cheapest first: a time budget that runs out skips the most expensive.
+DEFAULT_DIAGNOSTICS = ("weights", "sample-quality", "eubo", "sinkhorn")
+#: Diagnostics may take this multiple of the run's own time (train + compile + sample) by
+#: default (`SDEKIT_DIAGNOSTIC_BUDGET` overrides it): those that would start later are skipped.
+DIAGNOSTIC_BUDGET = 1.0
 #: Keys of `Run.metrics` that describe the run rather than measure the samples.
 RUN_KEYS = ("status", "error", "warnings", "n", "dim", "seed", "has_log_weights",
             "train_seconds", "compile_seconds", "sample_seconds", "diagnostic_seconds",
-            "diagnostic_errors")
+            "diagnostic_errors", "diagnostics_skipped")
 #: A run fails (`RunFailed`) when more than this fraction of its samples (a sample with any
 #: non-finite coordinate), or of its log-weights, is not finite.
 MAX_NONFINITE_FRACTION = 0.5
@@ -388,24 +392,50 @@ def _evaluate(diagnostics: Mapping[str, AbstractDiagnostic], key: PRNGKeyArray, 
     return values, errors, figures
 
 
+def _budget_factor(factor: float | None) -> float:
+    if factor is None:
+        text = os.environ.get("SDEKIT_DIAGNOSTIC_BUDGET")
+        if text is None:
+            return DIAGNOSTIC_BUDGET
+        try:
+            factor = float(text)
+        except ValueError:
+            raise ConfigError(f"SDEKIT_DIAGNOSTIC_BUDGET={text!r} is not a number; expected a "
+                              f"factor >= 0, or inf for no budget") from None
+    if not factor >= 0:
+        raise ConfigError(f"diagnostic_budget={factor!r}: expected a factor >= 0 (inf: no budget)")
+    return factor
+
+
 def _run_diagnostics(names: Sequence[str] | None, sampler, target, samples,
                      cfg: Mapping[str, Any], metrics: dict[str, Any], strict: bool,
-                     phases: _Phases = _Phases()) -> None:
+                     budget: float, phases: _Phases = _Phases()) -> None:
     """Add the values of the registered diagnostics among `names` to `metrics`; a value
-    whose name is taken is prefixed with its diagnostic's (`NAME.key`)."""
+    whose name is taken is prefixed with its diagnostic's (`NAME.key`). Once they have
+    taken `budget` seconds, those not yet started are skipped and listed in
+    `metrics["diagnostics_skipped"]`."""
     registered = registry().entries["diagnostic"]
     chosen = {n: create("diagnostic", n) for n in
               (DEFAULT_DIAGNOSTICS if names is None else names) if n in registered}
     key = jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 1)
     t0 = time.perf_counter()
-    values, errors, _ = _evaluate(chosen, key, target, sampler, samples, draw=False,
-                                  strict=strict, phases=phases)
+    values, errors, skipped = {}, {}, []
+    for name, diagnostic in chosen.items():
+        if time.perf_counter() - t0 >= budget:
+            skipped.append(name)
+            continue
+        found, failed, _ = _evaluate({name: diagnostic}, key, target, sampler, samples,
+                                     draw=False, strict=strict, phases=phases)
+        values.update(found)
+        errors.update(failed)
     for name, found in values.items():
         for k, v in found.items():
             metrics[k if k not in metrics and k not in RUN_KEYS else f"{name}.{k}"] = v
     metrics["diagnostic_seconds"] = time.perf_counter() - t0
     if errors:
         metrics["diagnostic_errors"] = errors
+    if skipped:
+        metrics["diagnostics_skipped"] = skipped
 
 
 def _train(sampler: AbstractSampler, cfg: Mapping[str, Any], out: Path | None, resume: bool,
@@ -470,6 +500,7 @@ def run(
     diagnostics: Sequence[str] | None = None,
     strict: bool = False,
     watchdog: float | None = None,
+    diagnostic_budget: float | None = None,
 ) -> Run:
     """Compose, train, sample, diagnose and (with `out`) write the run `config` describes.
 
@@ -482,7 +513,13 @@ def run(
     by `sample_with_stats` (jitted; compilation is timed apart; the sampler's statistics
     go into the metrics), then `diagnostics` (default `DEFAULT_DIAGNOSTICS`, those
     registered) run with key `fold_in(key, 1)`; one that fails is reported in
-    `metrics["diagnostic_errors"]` and a `RunWarning`. Where the weighted estimates are
+    `metrics["diagnostic_errors"]` and a `RunWarning`. Diagnostics may take
+    `diagnostic_budget` times the run's own time (train + compile + sample seconds;
+    default: `SDEKIT_DIAGNOSTIC_BUDGET`, else `DIAGNOSTIC_BUDGET` = 1; `math.inf`: no
+    limit): once it is spent, those not yet started are skipped and listed in
+    `metrics["diagnostics_skipped"]` (`sdekit.diagnose` computes them later). A diagnostic
+    that has started runs to its end: each is bounded in points, so it overruns the budget
+    by at most its own cost. Where the weighted estimates are
     not to be trusted (`ess` or `min_ess` below `sdekit.metrics.MIN_ESS`, `pareto_k`
     above `sdekit.metrics.MAX_PARETO_K`), each reason is a `RunWarning` and a line of
     `metrics["warnings"]`.
@@ -502,6 +539,7 @@ def run(
     In a multi-process run (`sdekit.initialize_distributed`) every process calls `run` with
     the same arguments; each returns the whole run, and only process 0 writes files.
     """
+    budget_factor = _budget_factor(diagnostic_budget)  # a bad value said before any work
     out = None if out is None else io.check_writable_dir(out)
     cfg = _config_of(config, out, resume)
     sampler, target = compose_config(cfg)
@@ -517,7 +555,9 @@ def run(
     if metrics["n_nonfinite"]:
         warnings.warn(f"{metrics['n_nonfinite']} of {cfg['n']} samples are not finite (kept "
                       f"in samples.npz, counted in metrics.json)", RunWarning, stacklevel=2)
-    _run_diagnostics(diagnostics, sampler, target, samples, cfg, metrics, strict, phases)
+    own_time = train_seconds + metrics["compile_seconds"] + metrics["sample_seconds"]
+    _run_diagnostics(diagnostics, sampler, target, samples, cfg, metrics, strict,
+                     budget_factor * own_time, phases)
     _warn_untrusted(metrics)
     result = Run(cfg, sampler, target, samples, metrics, out)
     if out is not None and is_writer():

@@ -355,6 +355,10 @@ def _check_bounds(n: int | None, steps: int | None, seed: int | None) -> None:
 @click.option("--watchdog", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               envvar="SDEKIT_WATCHDOG", help="End the run with an error when compiling, "
               "sampling or one diagnostic takes longer than SECONDS (also SDEKIT_WATCHDOG).")
+@click.option("--diagnostic-budget", type=click.FloatRange(min=0), metavar="FACTOR",
+              envvar="SDEKIT_DIAGNOSTIC_BUDGET", help="Skip the diagnostics not started once "
+              "they have taken FACTOR times the run's own time (train + compile + sample) "
+              "[default: 1; inf: no limit] (also SDEKIT_DIAGNOSTIC_BUDGET).")
 @click.option("--dry-run", is_flag=True,
               help="Resolve and compose, print the configuration, write nothing.")
 @click.option("--distributed", is_flag=True, envvar="SDEKIT_DISTRIBUTED",
@@ -372,8 +376,8 @@ def _check_bounds(n: int | None, steps: int | None, seed: int | None) -> None:
               metavar="SECONDS", envvar="SDEKIT_HEARTBEAT_TIMEOUT",
               help="In a multi-process run, end every process when one has been silent this long.")
 def sample(target, sampler, process, score, controller, steps, train_iters, batch, resume_dir,
-           n, seed, sets, config_path, out, watchdog, dry_run, distributed, coordinator,
-           processes, process_id, heartbeat_timeout) -> None:
+           n, seed, sets, config_path, out, watchdog, diagnostic_budget, dry_run, distributed,
+           coordinator, processes, process_id, heartbeat_timeout) -> None:
     """Draw samples from TARGET and write them with metrics and a plot (`sdekit.run`).
 
     With no TARGET, --sampler or --config: the default job, the 40-mode Gaussian mixture
@@ -388,7 +392,8 @@ def sample(target, sampler, process, score, controller, steps, train_iters, batc
       samples.npz   x (n, d), and log_weights (n,) when the sampler gives them
                     (else the array is absent and has_log_weights is false);
                     for a NumPyro model, also one array per named site
-      metrics.json  diagnostics (weights, sample-quality, when installed), timings,
+      metrics.json  diagnostics (weights, sample-quality, sinkhorn, when installed,
+                    within --diagnostic-budget), timings,
                     n, n_nonfinite, has_log_weights
       config.toml   the complete configuration, the derived part seeds included:
                     --config DIR/config.toml reproduces the samples bit for bit
@@ -428,7 +433,8 @@ def sample(target, sampler, process, score, controller, steps, train_iters, batc
         click.echo(f"sampling {cfg['n']} points from {cfg['target']['name']} with "
                    f"{cfg['sampler']['name']} (seed {cfg['seed']})...", err=True)
     result = sdekit.run(cfg, out=out_dir, progress=writer, resume=resume_dir is not None,
-                        strict=_debugging(), watchdog=watchdog)
+                        strict=_debugging(), watchdog=watchdog,
+                        diagnostic_budget=diagnostic_budget)
     if not writer:
         return
     _echo_rows(run_rows(result))

@@ -335,8 +335,9 @@ def test_mode_coverage_threshold_and_nonfinite(gmm40):
 
 def test_diagnostics_are_bounded_by_default():
     # the most points each default diagnostic compares, whatever the number of samples
-    bounds = {"weights": {"eubo_points": 2000},
-              "sample-quality": {"n_reference": 10_000, "sinkhorn_points": 2000},
+    bounds = {"eubo": {"points": 2000},
+              "sample-quality": {"mmd_points": 2000},
+              "sinkhorn": {"points": 2000, "max_iterations": 1000},
               "w2": {"max_points": 2000, "sliced_points": 10_000}}
     for name, options in bounds.items():
         diag = sdekit.create("diagnostic", name)
@@ -345,7 +346,7 @@ def test_diagnostics_are_bounded_by_default():
 
 def test_diagnostics_are_registered():
     reg = sdekit.registry()
-    for name in ("weights", "sample-quality", "w2"):
+    for name in ("weights", "sample-quality", "eubo", "sinkhorn", "w2"):
         assert reg.get("diagnostic", name).plugin == "diagnostics"
 
 
@@ -381,17 +382,18 @@ class _ExactPathSampler(sdekit.AbstractPathSampler):
         return jnp.full(x.shape[0], self.target.log_Z)
 
 
-def test_weights_diagnostic_gives_eubo_for_a_path_sampler():
+def test_eubo_diagnostic_for_a_path_sampler():
     target = sdekit.create("target", "gaussian")  # log Z = 1.5
     sampler = _ExactPathSampler(target)
     samples = sampler.sample(KEY, N)
-    diag = sdekit.create("diagnostic", "weights")
+    diag = sdekit.create("diagnostic", "eubo")
     out = diag(KEY, target=target, sampler=sampler, samples=samples)
-    assert out["eubo"] == pytest.approx(1.5) and out["log_Z"] == pytest.approx(1.5)
-    assert out["eubo_points"] == N
-    few = sdekit.create("diagnostic", "weights", eubo_points=10)
+    assert out == {"eubo": pytest.approx(1.5), "eubo_points": N}
+    few = sdekit.create("diagnostic", "eubo", points=10)
     assert few(KEY, target=target, sampler=sampler, samples=samples)["eubo_points"] == 10
-    assert "eubo" not in diag(KEY, target=_NoExactSamples(), sampler=sampler, samples=samples)
+    assert diag(KEY, target=_NoExactSamples(), sampler=sampler, samples=samples) == {}
+    assert diag(KEY, target=target, sampler=sdekit.compose("gaussian", "smc"),
+                samples=samples) == {}  # no backward weights
 
 
 def test_weights_diagnostic_with_a_real_sampler():
@@ -408,11 +410,18 @@ def test_weights_diagnostic_with_a_real_sampler():
     assert out["elbo"] <= out["log_Z"]  # Jensen, on any sample
 
 
-def test_sample_quality_diagnostic(gmm40):
-    diag = sdekit.create("diagnostic", "sample-quality", n_reference=N, sinkhorn_points=N)
+def test_sample_quality_and_sinkhorn_diagnostics(gmm40):
+    quality = sdekit.create("diagnostic", "sample-quality", mmd_points=N)
+    ot = sdekit.create("diagnostic", "sinkhorn", points=N)
+
+    def both(x):
+        samples = sdekit.Samples(x)
+        return {**quality(KEY, target=gmm40, samples=samples),
+                **ot(KEY, target=gmm40, samples=samples)}
+
     n = N
     exact = mixture_samples(gmm40.mixture, 28, n)
-    out = diag(KEY, target=gmm40, samples=sdekit.Samples(exact))
+    out = both(exact)
     assert set(out) == {"mmd", "sinkhorn", "sinkhorn_converged", "mode_coverage", "emc",
                         "mmd_points", "sinkhorn_points"}
     assert out["mmd_points"] == out["sinkhorn_points"] == n
@@ -421,13 +430,14 @@ def test_sample_quality_diagnostic(gmm40):
     assert out["sinkhorn_converged"] is True and out["sinkhorn"] > 0
     # samples on one mode: poor coverage and a clearly larger MMD and Sinkhorn cost
     one = np.asarray(gmm40.mixture.means[0]) + 0.1 * normal(29, n)
-    bad = diag(KEY, target=gmm40, samples=sdekit.Samples(one))
+    bad = both(one)
     assert bad["mode_coverage"] == pytest.approx(1 / 40) and bad["emc"] == pytest.approx(0.0)
     assert bad["mmd"] > 100 * abs(out["mmd"]) and bad["sinkhorn"] > 10 * out["sinkhorn"]
     # non-finite rows are dropped from mmd / sinkhorn, but count against coverage
     with_nan = np.concatenate([exact, np.full((n, 2), np.nan)])
-    out2 = diag(KEY, target=gmm40, samples=sdekit.Samples(with_nan))
+    out2 = both(with_nan)
     assert np.isfinite(out2["mmd"]) and np.isfinite(out2["sinkhorn"])
+    assert out2["mmd_points"] == out2["sinkhorn_points"] == n
     counts = np.asarray(metrics.mode_counts(exact, gmm40.mixture))
     assert out2["mode_coverage"] == np.mean(counts >= 0.01 * 2 * n)  # n doubled by the NaNs
 
@@ -441,7 +451,7 @@ class _NoExactSamples(sdekit.AbstractTarget):
 
 def test_diagnostics_without_exact_samples():
     samples = sdekit.Samples(normal(30))
-    for name in ("sample-quality", "w2"):
+    for name in ("sample-quality", "sinkhorn", "w2"):
         diag = sdekit.create("diagnostic", name)
         assert diag(KEY, target=_NoExactSamples(), samples=samples) == {}
 

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import equinox as eqx
@@ -253,6 +254,67 @@ def test_raise_sites_have_no_doubled_punctuation():
                 if _DOUBLED.search(text) or text.rstrip().endswith((",.", ";.", ":.")):
                     found.append(f"{path.relative_to(root)}:{node.lineno}: {text}")
     assert not found, "\n".join(found)
+
+
+# --------------------------------------------------------------------------------------
+# The diagnostics' time budget
+
+
+class _Slow(sdekit.AbstractDiagnostic):
+    """Sleeps 0.2 s."""
+
+    def __call__(self, key, *, target=None, sampler=None, samples=None):
+        time.sleep(0.2)
+        return {"slept": 0.2}
+
+
+class _SlowPlugin:
+    @sdekit.hookimpl
+    def register_diagnostics(self, register):
+        register("test-slow", _Slow)
+
+
+@pytest.fixture
+def slow_diagnostic(bad_sampler, monkeypatch):
+    sdekit.register_plugin(_SlowPlugin(), "sdekit-test-slow")
+    monkeypatch.setattr(run_module, "DEFAULT_DIAGNOSTICS", ("test-slow", "weights"))
+    yield
+    sdekit.unregister_plugin("sdekit-test-slow")
+
+
+@pytest.mark.parametrize("factor, skipped", [
+    ("inf", []),
+    # a run of 40 samples takes well under 20 s, so 0.01 of it is under 0.2 s: the slow
+    # diagnostic starts (nothing was spent yet) and overruns it, and weights is skipped
+    ("0.01", ["weights"]),
+    ("0", ["test-slow", "weights"]),
+])
+def test_diagnostics_beyond_the_time_budget_are_skipped_and_listed(slow_diagnostic, tmp_path,
+                                                                  factor, skipped):
+    out = tmp_path / "out"
+    args = ["sample", "gaussian", "--sampler", "test-bad", "-n", "40", "--out", str(out),
+            "--diagnostic-budget", factor]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics.get("diagnostics_skipped", []) == skipped
+    assert ("slept" in metrics) == ("test-slow" not in skipped)
+    assert ("log_Z" in metrics) == ("weights" not in skipped)
+    shown = [" ".join(line.split()) for line in result.stdout.splitlines()
+             if line.startswith("skipped")]
+    assert shown == ([f"skipped {', '.join(skipped)} (the diagnostics' time budget was spent; "
+                      f"sdekit diagnose computes them)"] if skipped else [])
+    if skipped:  # and sdekit diagnose computes them
+        assert set(sdekit.diagnose(sdekit.load_run(out), skipped)) == set(skipped)
+
+
+def test_a_bad_diagnostic_budget_is_refused_before_any_work(monkeypatch):
+    monkeypatch.setenv("SDEKIT_DIAGNOSTIC_BUDGET", "soon")
+    with pytest.raises(sdekit.ConfigError, match="SDEKIT_DIAGNOSTIC_BUDGET='soon' is not a "
+                                                 "number; expected a factor >= 0"):
+        sdekit.run({"target": "gaussian", "sampler": "no-such-sampler"})
+    with pytest.raises(sdekit.ConfigError, match=r"diagnostic_budget=-1\.0: expected a factor"):
+        sdekit.run({"target": "gaussian"}, diagnostic_budget=-1.0)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Diagnostics: `weights`, `sample-quality` and `w2`.
+"""Diagnostics: `weights`, `sample-quality`, `eubo`, `sinkhorn` and `w2`.
 
 The metric functions behind them (`log_Z`, `elbo`, `eubo`, `ess`, `pareto_k`,
 `unique_fraction`, `mmd`, `sinkhorn`, `w2`, `sliced_w2`, `mode_coverage`, `emc`) live in the core, `sdekit.metrics`; the names
@@ -7,7 +7,7 @@ re-exported here are those same functions.
 
 import sdekit
 
-from ._diagnostics import W2, SampleQuality, Weights
+from ._diagnostics import W2, Eubo, SampleQuality, Sinkhorn, Weights
 from sdekit.metrics import (
     MAX_PARETO_K,
     MIN_ESS,
@@ -29,11 +29,13 @@ from sdekit.metrics import (
 )
 
 __all__ = [
+    "Eubo",
     "MAX_PARETO_K",
     "MIN_ESS",
     "W2",
     "W2_MAX_POINTS",
     "SampleQuality",
+    "Sinkhorn",
     "SinkhornResult",
     "Weights",
     "elbo",
@@ -56,4 +58,6 @@ __all__ = [
 def register_diagnostics(register):
     register("weights", Weights)
     register("sample-quality", SampleQuality)
+    register("eubo", Eubo)
+    register("sinkhorn", Sinkhorn)
     register("w2", W2)
