@@ -77,6 +77,14 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def process_0s(flag: bool) -> bool:
+    """Process 0's `flag`, in every process: a decision all processes must share (one
+    that starts a collective computation, or skips it). `flag` itself in one process."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.broadcast_one_to_all(np.bool_(flag)))
+
+
 def gather(tree: PyTree) -> PyTree:
     """Every array of `tree` whole on this process: an array sharded across processes is
     gathered into a NumPy array (`process_allgather`); the rest is returned as it is."""

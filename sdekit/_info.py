@@ -32,16 +32,6 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _plugin_versions() -> dict[str, str | None]:
-    """`plugin_versions()`, completed from the distributions of the `sdekit` entry points
-    (editable installs do not map modules to distributions)."""
-    versions = plugin_versions()
-    for ep in importlib.metadata.entry_points(group="sdekit"):
-        if versions.get(ep.name, "") is None and ep.dist is not None:
-            versions[ep.name] = ep.dist.version
-    return versions
-
-
 def plugins_report(commands: Mapping[str, str] = {},
                    command_failures: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
     """`{"plugins": {NAME: {"version", "names": {kind: [...]}, "commands"}}, "failures":
@@ -49,7 +39,7 @@ def plugins_report(commands: Mapping[str, str] = {},
     `command_failures` lists the plugins whose commands could not be added."""
     reg = registry()
     plugins: dict[str, Any] = {}
-    for name, version in _plugin_versions().items():
+    for name, version in plugin_versions().items():
         names = {kind: sorted(n for n, e in reg.entries[kind].items() if e.plugin == name)
                  for kind in KINDS}
         plugins[name] = {

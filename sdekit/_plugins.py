@@ -394,14 +394,20 @@ def reset() -> None:
 
 
 def plugin_versions() -> dict[str, str | None]:
-    """Plugin name -> version of the distribution that provides it (None if unknown)."""
-    out = {}
+    """Plugin name -> version of the distribution that provides it (None if unknown): that
+    of its `sdekit` entry point, else that of the distribution installing its top-level
+    module (looked up once: scanning every installed file takes seconds)."""
+    from_entry_points = {ep.name: ep.dist.version for ep in _entry_points() if ep.dist}
+    out, owners = {}, None
     for name, plugin in plugin_manager().list_name_plugin():
-        dist = None
+        if name in from_entry_points:
+            out[name] = from_entry_points[name]
+            continue
+        if owners is None:
+            owners = importlib.metadata.packages_distributions()
         module = getattr(plugin, "__name__", type(plugin).__module__).split(".")[0]
-        for d in importlib.metadata.packages_distributions().get(module, []):
-            dist = d
-        out[name] = importlib.metadata.version(dist) if dist else None
+        dists = owners.get(module, [])
+        out[name] = importlib.metadata.version(dists[-1]) if dists else None
     return out
 
 

@@ -33,7 +33,7 @@ from . import io
 from ._compose import compose, create, resolve_part
 from ._config import ConfigError, check_section, load_config, resolve_config
 from ._diagnostic import AbstractDiagnostic
-from ._distributed import gather, is_writer
+from ._distributed import gather, is_writer, process_0s
 from ._errors import PluginError, SdekitError
 from ._log_density import npz_arrays
 from .metrics import MAX_PARETO_K, MIN_ESS
@@ -421,7 +421,7 @@ def _run_diagnostics(names: Sequence[str] | None, sampler, target, samples,
     t0 = time.perf_counter()
     values, errors, skipped = {}, {}, []
     for name, diagnostic in chosen.items():
-        if time.perf_counter() - t0 >= budget:
+        if process_0s(time.perf_counter() - t0 >= budget):  # diagnostics may be collective
             skipped.append(name)
             continue
         found, failed, _ = _evaluate({name: diagnostic}, key, target, sampler, samples,
