@@ -1,4 +1,5 @@
 import abc
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
@@ -29,6 +30,24 @@ class AbstractDiagnostic(eqx.Module):
     ) -> dict[str, Array | float]:
         """The diagnostic's named numbers, computed from whichever of `target`, `sampler`
         and `samples` it needs (`{}` when it does not apply); `key` for any randomness."""
+
+    def cost(
+        self,
+        run_seconds: Mapping[str, float],
+        *,
+        target: AbstractTarget | None = None,
+        sampler: AbstractSampler | None = None,
+        samples: Samples | None = None,
+    ) -> float:
+        """The seconds `__call__` would take, about and at most, with the same arguments.
+
+        `run_seconds` holds the run's own timings (`train_seconds`, `compile_seconds`,
+        `sample_seconds`), a measure of this machine's speed. A run whose diagnostics
+        have a time budget (`sdekit.run`'s `diagnostic_budget`) starts this diagnostic
+        only if its cost fits in what is left. The default, 0, suits a diagnostic whose
+        cost is negligible: it is started while any budget is left.
+        """
+        return 0.0
 
     def plot(self, values: dict[str, Any]) -> "Figure | None":
         """A matplotlib figure of `values` (what `__call__` returned), or `None` (the default).

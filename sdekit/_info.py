@@ -111,6 +111,6 @@ def run_rows(result: Run) -> list[tuple[str, str]]:
             if k == "log_Z" and result.target is not None and result.target.log_Z is not None:
                 rows[-1] = (k, f"{rows[-1][1]}  (known log Z: {float(result.target.log_Z):.6g})")
     if m.get("diagnostics_skipped"):
-        rows.append(("skipped", f"{', '.join(m['diagnostics_skipped'])} (the diagnostics' time "
-                                f"budget was spent; sdekit diagnose computes them)"))
+        rows.append(("skipped", f"{', '.join(m['diagnostics_skipped'])} (they would overrun the "
+                                f"diagnostics' time budget; sdekit diagnose computes them)"))
     return rows

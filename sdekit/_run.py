@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -407,23 +408,45 @@ def _budget_factor(factor: float | None) -> float:
     return factor
 
 
+def _cost(name: str, diagnostic: AbstractDiagnostic, run_seconds: Mapping[str, float],
+          target, sampler, samples, strict: bool) -> float:
+    """`diagnostic.cost(...)`, checked: one that fails or is not a number >= 0 is said
+    (a `RunWarning`; raised with `strict`) and taken as 0."""
+    try:
+        cost = float(diagnostic.cost(run_seconds, target=target, sampler=sampler,
+                                     samples=samples))
+        if not cost >= 0:
+            raise ValueError(f"expected seconds >= 0, got {cost!r}")
+    except Exception as e:  # noqa: BLE001 - a broken cost should not lose the run
+        if strict:
+            raise
+        warnings.warn(f"diagnostic {name!r}: its cost failed ({type(e).__name__}: "
+                      f"{_one_line(str(e))}); it is run as if its cost were 0", RunWarning,
+                      stacklevel=3)
+        return 0.0
+    return cost
+
+
 def _run_diagnostics(names: Sequence[str] | None, sampler, target, samples,
                      cfg: Mapping[str, Any], metrics: dict[str, Any], strict: bool,
                      budget: float, phases: _Phases = _Phases()) -> None:
     """Add the values of the registered diagnostics among `names` to `metrics`; a value
-    whose name is taken is prefixed with its diagnostic's (`NAME.key`). Once they have
-    taken `budget` seconds, those not yet started are skipped and listed in
+    whose name is taken is prefixed with its diagnostic's (`NAME.key`). A diagnostic whose
+    `cost` does not fit in what is left of `budget` seconds is skipped and listed in
     `metrics["diagnostics_skipped"]`."""
     registered = registry().entries["diagnostic"]
     chosen = {n: create("diagnostic", n) for n in
               (DEFAULT_DIAGNOSTICS if names is None else names) if n in registered}
     key = jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 1)
+    run_seconds = {k: metrics[k] for k in ("train_seconds", "compile_seconds", "sample_seconds")}
     t0 = time.perf_counter()
     values, errors, skipped = {}, {}, []
     for name, diagnostic in chosen.items():
-        if process_0s(time.perf_counter() - t0 >= budget):  # diagnostics may be collective
-            skipped.append(name)
-            continue
+        if math.isfinite(budget):
+            cost = _cost(name, diagnostic, run_seconds, target, sampler, samples, strict)
+            if process_0s(time.perf_counter() - t0 + cost > budget):  # may be collective
+                skipped.append(name)
+                continue
         found, failed, _ = _evaluate({name: diagnostic}, key, target, sampler, samples,
                                      draw=False, strict=strict, phases=phases)
         values.update(found)

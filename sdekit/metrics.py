@@ -102,25 +102,51 @@ def ess(log_weights: Float[ArrayLike, " n"]) -> Float[Array, ""]:
 
 def pareto_k(log_weights: Float[ArrayLike, " n"]) -> float:
     r"""The Pareto $\hat k$ of the importance weights: the shape of a generalised Pareto
-    distribution fitted to their largest values (PSIS, ArviZ's `psislw`, `reff=1`).
+    distribution fitted to their largest values (PSIS, as ArviZ's `psislw` with `reff=1`
+    computes it).
 
     Below 0.5 the weights' tail is light and estimates converge at the usual rate; above
     `MAX_PARETO_K` (0.7) a few weights dominate and an estimate such as $\log\hat Z$ is
     not to be trusted, whatever the sample size. Only finite log-weights enter
     ($-\infty$ is a zero weight). NaN for fewer than 10 of them or for equal weights, whose
-    tail has nothing to fit. On the host (numpy), not jitted.
+    tail has nothing to fit; $+\infty$ when the tail has 4 or fewer distinct values.
+
+    The fit (Vehtari et al. 2024, "Pareto smoothed importance sampling", JMLR; Zhang and
+    Stephens 2009) takes the largest $\lceil\min(n/5, 3\sqrt n)\rceil$ weights above the
+    next one as the tail, estimates the GPD's $b = -k/\sigma$ by its profile-likelihood
+    posterior mean over $30 + \lfloor\sqrt m\rfloor$ grid points, and shrinks $\hat k$ to
+    0.5 with a prior worth 10 observations. On the host (numpy, float64), a few ms for
+    $10^5$ weights; no import of ArviZ, whose first import takes 1–2 s.
     """
-    import warnings
-
-    import arviz as az
-
     lw = np.asarray(log_weights, dtype=float).ravel()
     lw = lw[np.isfinite(lw)]
     if lw.size < 10 or np.all(lw == lw[0]):
         return math.nan
-    with warnings.catch_warnings():  # ArviZ warns above 0.7; callers report it themselves
-        warnings.simplefilter("ignore")
-        return float(az.psislw(lw - lw.max(), reff=1.0)[1])
+    lw = np.sort(lw - lw.max())
+    tail_size = math.ceil(min(lw.size / 5, 3 * math.sqrt(lw.size)))
+    cutoff = max(lw[-tail_size - 1], np.log(np.finfo(float).tiny))
+    tail = lw[lw > cutoff]
+    if tail.size <= 4:
+        return math.inf
+    return _gpd_shape(np.exp(tail) - np.exp(cutoff))
+
+
+def _gpd_shape(x: np.ndarray) -> float:
+    """The shape $\hat k$ of a generalised Pareto distribution fitted to the sorted
+    exceedances `x` (Zhang and Stephens' empirical Bayes estimate, with the weakly
+    informative prior of Vehtari et al. 2024)."""
+    m = x.size
+    grid = 30 + int(math.sqrt(m))
+    b = 1 - np.sqrt(grid / (np.arange(1, grid + 1) - 0.5))
+    b = b / (3 * x[int(m / 4 + 0.5) - 1]) + 1 / x[-1]
+    k = np.log1p(-b[:, None] * x).mean(axis=1)
+    log_lik = m * (np.log(-b / k) - k - 1)
+    weights = np.exp(log_lik - log_lik.max())
+    weights /= weights.sum()
+    keep = weights >= 10 * np.finfo(float).eps
+    b_mean = np.sum(b[keep] * weights[keep]) / np.sum(weights[keep])
+    k_hat = np.log1p(-b_mean * x).mean()
+    return float((m * k_hat + 10 * 0.5) / (m + 10))
 
 
 @jax.jit

@@ -80,6 +80,23 @@ def test_pareto_k_of_pareto_weights(k):
     assert math.isnan(metrics.pareto_k(np.zeros(100))) and math.isnan(metrics.pareto_k(lw[:5]))
 
 
+@pytest.mark.parametrize("n", [10, 57, 1000, 20_000])
+def test_pareto_k_is_arviz_psislw(n):
+    # sdekit computes PSIS's k-hat itself (ArviZ's first import costs seconds); it must
+    # be ArviZ's number, light and heavy tails, ties and a too-short tail (inf) included.
+    import warnings
+
+    import arviz as az
+
+    rng = np.random.default_rng(n)
+    for lw in (rng.normal(size=n), 4 * rng.normal(size=n), np.log(rng.pareto(0.7, n) + 1e-9),
+               np.round(rng.normal(size=n), 1), rng.exponential(size=n)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = float(az.psislw(lw - lw.max(), reff=1.0)[1])
+        assert metrics.pareto_k(lw) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
 def test_unique_fraction():
     x = np.asarray(normal(0, 10, 3))
     assert float(metrics.unique_fraction(x)) == 1.0
