@@ -54,7 +54,7 @@ OUTPUT_FILES = ("samples.npz", "metrics.json", "samples.png", "config.toml")
 #: Cheapest first: a time budget that runs out skips the most expensive.
 DEFAULT_DIAGNOSTICS = ("weights", "sample-quality", "eubo", "sinkhorn")
 #: Diagnostics may take this multiple of the run's own time (train + compile + sample) by
-#: default (`SDEKIT_DIAGNOSTIC_BUDGET` overrides it): those that would start later are skipped.
+#: default (`SDEKIT_DIAGNOSTIC_BUDGET` overrides it): one whose cost would overrun it is skipped.
 DIAGNOSTIC_BUDGET = 1.0
 #: Keys of `Run.metrics` that describe the run rather than measure the samples.
 RUN_KEYS = ("status", "error", "warnings", "n", "dim", "seed", "has_log_weights",
@@ -443,8 +443,9 @@ def _run_diagnostics(names: Sequence[str] | None, sampler, target, samples,
     values, errors, skipped = {}, {}, []
     for name, diagnostic in chosen.items():
         if math.isfinite(budget):
+            spent = time.perf_counter() - t0
             cost = _cost(name, diagnostic, run_seconds, target, sampler, samples, strict)
-            if process_0s(time.perf_counter() - t0 + cost > budget):  # may be collective
+            if process_0s(budget <= 0 or spent + cost > budget):  # may be collective
                 skipped.append(name)
                 continue
         found, failed, _ = _evaluate({name: diagnostic}, key, target, sampler, samples,
@@ -539,13 +540,12 @@ def run(
     `metrics["diagnostic_errors"]` and a `RunWarning`. Diagnostics may take
     `diagnostic_budget` times the run's own time (train + compile + sample seconds;
     default: `SDEKIT_DIAGNOSTIC_BUDGET`, else `DIAGNOSTIC_BUDGET` = 1; `math.inf`: no
-    limit): once it is spent, those not yet started are skipped and listed in
-    `metrics["diagnostics_skipped"]` (`sdekit.diagnose` computes them later). A diagnostic
-    that has started runs to its end: each is bounded in points, so it overruns the budget
-    by at most its own cost. Where the weighted estimates are
-    not to be trusted (`ess` or `min_ess` below `sdekit.metrics.MIN_ESS`, `pareto_k`
-    above `sdekit.metrics.MAX_PARETO_K`), each reason is a `RunWarning` and a line of
-    `metrics["warnings"]`.
+    limit): one whose declared cost (`AbstractDiagnostic.cost`, its predicted seconds)
+    does not fit in what is left is not started, and is listed in
+    `metrics["diagnostics_skipped"]` (`sdekit.diagnose` computes it later). Where the
+    weighted estimates are not to be trusted (`ess` or `min_ess` below
+    `sdekit.metrics.MIN_ESS`, `pareto_k` above `sdekit.metrics.MAX_PARETO_K`), each reason
+    is a `RunWarning` and a line of `metrics["warnings"]`.
 
     A run whose samples or log-weights are mostly not finite (`MAX_NONFINITE_FRACTION`)
     raises `RunFailed`, naming the likely cause and what to try, before any diagnostic;

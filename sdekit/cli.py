@@ -356,8 +356,8 @@ def _check_bounds(n: int | None, steps: int | None, seed: int | None) -> None:
               envvar="SDEKIT_WATCHDOG", help="End the run with an error when compiling, "
               "sampling or one diagnostic takes longer than SECONDS (also SDEKIT_WATCHDOG).")
 @click.option("--diagnostic-budget", type=click.FloatRange(min=0), metavar="FACTOR",
-              help="Skip the diagnostics not started once "
-              "they have taken FACTOR times the run's own time (train + compile + sample) "
+              help="Skip each diagnostic whose predicted cost would take the diagnostics "
+              "beyond FACTOR times the run's own time (train + compile + sample) "
               "[default: 1; inf: no limit] (also SDEKIT_DIAGNOSTIC_BUDGET).")
 @click.option("--dry-run", is_flag=True,
               help="Resolve and compose, print the configuration, write nothing.")

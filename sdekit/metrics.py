@@ -132,7 +132,7 @@ def pareto_k(log_weights: Float[ArrayLike, " n"]) -> float:
 
 
 def _gpd_shape(x: np.ndarray) -> float:
-    """The shape $\hat k$ of a generalised Pareto distribution fitted to the sorted
+    r"""The shape $\hat k$ of a generalised Pareto distribution fitted to the sorted
     exceedances `x` (Zhang and Stephens' empirical Bayes estimate, with the weakly
     informative prior of Vehtari et al. 2024)."""
     m = x.size

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import equinox as eqx
@@ -261,7 +262,13 @@ def test_raise_sites_have_no_doubled_punctuation():
 
 
 class _Slow(sdekit.AbstractDiagnostic):
-    """Sleeps 0.2 s."""
+    """Sleeps 0.2 s; its cost is `declared` seconds (a string: a broken cost)."""
+
+    declared: float | str = 0.0
+
+    def cost(self, run_seconds, *, target=None, sampler=None, samples=None):
+        assert set(run_seconds) == {"train_seconds", "compile_seconds", "sample_seconds"}
+        return float(self.declared)
 
     def __call__(self, key, *, target=None, sampler=None, samples=None):
         time.sleep(0.2)
@@ -302,10 +309,33 @@ def test_diagnostics_beyond_the_time_budget_are_skipped_and_listed(slow_diagnost
     assert ("log_Z" in metrics) == ("weights" not in skipped)
     shown = [" ".join(line.split()) for line in result.stdout.splitlines()
              if line.startswith("skipped")]
-    assert shown == ([f"skipped {', '.join(skipped)} (the diagnostics' time budget was spent; "
-                      f"sdekit diagnose computes them)"] if skipped else [])
+    assert shown == ([f"skipped {', '.join(skipped)} (they would overrun the diagnostics' time "
+                      f"budget; sdekit diagnose computes them)"] if skipped else [])
     if skipped:  # and sdekit diagnose computes them
         assert set(sdekit.diagnose(sdekit.load_run(out), skipped)) == set(skipped)
+
+
+@pytest.mark.parametrize("declared, runs", [(1e9, False), (0.0, True), ("soon", True)])
+def test_a_diagnostic_whose_cost_would_overrun_the_budget_is_not_started(
+        slow_diagnostic, declared, runs):
+    # a budget of 1000 times the run's own time fits 0.2 s, not a declared 1e9 s; a cost
+    # that fails is said and taken as 0
+    create = sdekit.create
+
+    def with_cost(kind, name, **options):
+        return _Slow(declared) if name == "test-slow" else create(kind, name, **options)
+
+    with pytest.MonkeyPatch.context() as m, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m.setattr(run_module, "create", with_cost)
+        metrics = sdekit.run({"target": "gaussian", "sampler": "test-bad", "n": 40},
+                             diagnostic_budget=1000.0).metrics
+    assert ("slept" in metrics) == runs and "log_Z" in metrics
+    assert metrics.get("diagnostics_skipped", []) == ([] if runs else ["test-slow"])
+    said = [str(w.message) for w in caught if "its cost failed" in str(w.message)]
+    assert said == ([] if declared != "soon" else [
+        "diagnostic 'test-slow': its cost failed (ValueError: could not convert string to "
+        "float: 'soon'); it is run as if its cost were 0"])
 
 
 def test_a_bad_diagnostic_budget_is_refused_before_any_work(monkeypatch):
