@@ -109,14 +109,15 @@ def pareto_k(log_weights: Float[ArrayLike, " n"]) -> float:
     `MAX_PARETO_K` (0.7) a few weights dominate and an estimate such as $\log\hat Z$ is
     not to be trusted, whatever the sample size. Only finite log-weights enter
     ($-\infty$ is a zero weight). NaN for fewer than 10 of them or for equal weights, whose
-    tail has nothing to fit; $+\infty$ when the tail has 4 or fewer distinct values.
+    tail has nothing to fit; $+\infty$ when 4 or fewer weights lie above the tail's
+    cutoff (a tail too short, or tied, to fit).
 
     The fit (Vehtari et al. 2024, "Pareto smoothed importance sampling", JMLR; Zhang and
     Stephens 2009) takes the largest $\lceil\min(n/5, 3\sqrt n)\rceil$ weights above the
-    next one as the tail, estimates the GPD's $b = -k/\sigma$ by its profile-likelihood
-    posterior mean over $30 + \lfloor\sqrt m\rfloor$ grid points, and shrinks $\hat k$ to
-    0.5 with a prior worth 10 observations. On the host (numpy, float64), a few ms for
-    $10^5$ weights; no import of ArviZ, whose first import takes 1–2 s.
+    next one as the tail ($m$ of them), estimates the GPD's $b = -k/\sigma$ by its
+    profile-likelihood posterior mean over $30 + \lfloor\sqrt m\rfloor$ grid points, and
+    shrinks $\hat k$ to 0.5 with a prior worth 10 observations. On the host (numpy,
+    float64), a few ms for $10^5$ weights; no import of ArviZ, whose first import takes 1–2 s.
     """
     lw = np.asarray(log_weights, dtype=float).ravel()
     lw = lw[np.isfinite(lw)]
