@@ -361,6 +361,31 @@ def test_diagnostics_are_bounded_by_default():
         assert {k: getattr(diag, k) for k in options} == options, name
 
 
+def test_the_default_diagnostics_declare_their_cost():
+    # what the run's time budget compares: 0 where a diagnostic does not apply; eubo's is
+    # the run's compilation and its sampling scaled to its points; sinkhorn's worst case
+    # is two compilations and max_iterations iterations of the same timed cost
+    seconds = {"train_seconds": 0.0, "compile_seconds": 1.5, "sample_seconds": 0.4}
+    target = sdekit.create("target", "gaussian")
+    samples = sdekit.Samples(normal(0, 5000), None)
+    parts = {"target": target, "samples": samples}
+
+    def cost(name, **options):
+        return sdekit.create("diagnostic", name, **options).cost(seconds, **parts)
+
+    assert cost("weights") == 0.0
+    pis = sdekit.compose("gaussian", "pis")
+    assert sdekit.create("diagnostic", "eubo").cost(seconds, sampler=pis, **parts) == (
+        pytest.approx(1.5 + 0.4 * 2000 / 5000))
+    assert cost("eubo") == 0.0  # no sampler with backward weights
+    iteration = cost("sinkhorn", max_iterations=1) - 3.0
+    assert iteration > 0
+    assert cost("sinkhorn") == pytest.approx(3.0 + 1000 * iteration)
+    assert cost("sample-quality") == pytest.approx(1.5 + 2 * iteration)
+    for name in ("sample-quality", "sinkhorn"):  # no exact samples to compare with
+        assert sdekit.create("diagnostic", name).cost(seconds, samples=samples) == 0.0
+
+
 def test_diagnostics_are_registered():
     reg = sdekit.registry()
     for name in ("weights", "sample-quality", "eubo", "sinkhorn", "w2"):

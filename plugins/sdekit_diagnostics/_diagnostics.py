@@ -156,12 +156,9 @@ class SampleQuality(AbstractDiagnostic):
         samples: Samples | None = None,
     ) -> float:
         """For `mmd`: a compilation as long as the run's, and its three kernel matrices,
-        timed as two Sinkhorn iterations (`_iteration_seconds`) on as many points."""
-        if samples is None or not _exact_target(target):
-            return 0.0
-        m = min(samples.x.shape[0], self.mmd_points)
-        return (run_seconds["compile_seconds"]
-                + 2 * _iteration_seconds(m, jnp.dtype(samples.x.dtype)))
+        timed as two Sinkhorn iterations on as many points."""
+        return _against_exact_cost(run_seconds, target, samples, self.mmd_points,
+                                   compilations=1, iterations=2)
 
     def __call__(
         self,
@@ -214,14 +211,9 @@ class Sinkhorn(AbstractDiagnostic):
         samples: Samples | None = None,
     ) -> float:
         """Its worst case: two compilations (the accelerated solver and its plain
-        fallback), each as long as the run's, and `max_iterations` iterations on as many
-        points as it would take, one of them timed here once per process
-        (`_iteration_seconds`)."""
-        if samples is None or not _exact_target(target):
-            return 0.0
-        m = min(samples.x.shape[0], self.points)
-        return (2 * run_seconds["compile_seconds"]
-                + self.max_iterations * _iteration_seconds(m, jnp.dtype(samples.x.dtype)))
+        fallback), each as long as the run's, and `max_iterations` iterations."""
+        return _against_exact_cost(run_seconds, target, samples, self.points,
+                                   compilations=2, iterations=self.max_iterations)
 
     def __call__(
         self,
@@ -240,6 +232,19 @@ class Sinkhorn(AbstractDiagnostic):
                           max_iterations=self.max_iterations)
         return {"sinkhorn": float(result.cost), "sinkhorn_converged": bool(result.converged),
                 "sinkhorn_points": len(xf)}
+
+
+def _against_exact_cost(run_seconds: Mapping[str, float], target: AbstractTarget | None,
+                        samples: Samples | None, points: int, *, compilations: int,
+                        iterations: int) -> float:
+    """The cost of comparing up to `points` samples with exact ones: `compilations` as
+    long as the run's, and `iterations` Sinkhorn iterations on as many points, one of them
+    timed here once per process (`_iteration_seconds`); 0 where there is nothing to compare."""
+    if samples is None or not _exact_target(target):
+        return 0.0
+    m = min(samples.x.shape[0], points)
+    return (compilations * run_seconds["compile_seconds"]
+            + iterations * _iteration_seconds(m, jnp.dtype(samples.x.dtype)))
 
 
 @functools.cache
