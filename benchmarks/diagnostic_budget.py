@@ -32,6 +32,9 @@ RUNS = [
     ["gmm40", "--sampler", "reverse-sde", "-n", "200"],
 ]
 
+#: The default diagnostics of `sdekit sample`, in the order it runs them.
+DIAGNOSTICS = ("weights", "sample-quality", "eubo", "sinkhorn")
+
 
 def sdekit_sample(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sdekit", "sample", *args],
@@ -54,14 +57,13 @@ def costs(args: list[str]) -> list[dict]:
     import jax
 
     import sdekit
-    from sdekit._run import DEFAULT_DIAGNOSTICS
 
     config = tomllib.loads(sdekit_sample(*args, "--dry-run").stdout)
     run = sdekit.run(config, diagnostics=[])
     timings = {k: run.metrics[k] for k in ("train_seconds", "compile_seconds", "sample_seconds")}
     parts = {"target": run.target, "sampler": run.sampler, "samples": run.samples}
     rows = []
-    for name in DEFAULT_DIAGNOSTICS:
+    for name in DIAGNOSTICS:
         diagnostic = sdekit.create("diagnostic", name)
         t0 = time.perf_counter()
         cost = diagnostic.cost(timings, **parts)

@@ -392,8 +392,8 @@ def sample(target, sampler, process, score, controller, steps, train_iters, batc
       samples.npz   x (n, d), and log_weights (n,) when the sampler gives them
                     (else the array is absent and has_log_weights is false);
                     for a NumPyro model, also one array per named site
-      metrics.json  diagnostics (weights, sample-quality, sinkhorn, when installed,
-                    within --diagnostic-budget), timings,
+      metrics.json  diagnostics (weights, sample-quality, eubo, sinkhorn, when
+                    installed and within --diagnostic-budget), timings,
                     n, n_nonfinite, has_log_weights
       config.toml   the complete configuration, the derived part seeds included:
                     --config DIR/config.toml reproduces the samples bit for bit
