@@ -364,6 +364,11 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _error_line(e: BaseException) -> str:
+    """`e` as `TYPE: message` on one line."""
+    return f"{type(e).__name__}: {_one_line(str(e))}"
+
+
 def _evaluate(diagnostics: Mapping[str, AbstractDiagnostic], key: PRNGKeyArray, target,
               sampler, samples, *, draw: bool, strict: bool, phases: _Phases = _Phases()
               ) -> tuple[dict[str, dict[str, Any]], dict[str, str], dict[str, bytes | None]]:
@@ -386,11 +391,17 @@ def _evaluate(diagnostics: Mapping[str, AbstractDiagnostic], key: PRNGKeyArray, 
         except Exception as e:  # noqa: BLE001 - keep the samples and the other results
             if strict:
                 raise
-            errors[name] = f"{type(e).__name__}: {_one_line(str(e))}"
+            errors[name] = _error_line(e)
             warnings.warn(f"diagnostic {name!r} failed: {errors[name]}", RunWarning, stacklevel=2)
             continue
         values[name] = {k: io.json_safe(v) for k, v in found.items()}
     return values, errors, figures
+
+
+def default_diagnostics() -> tuple[str, ...]:
+    """`DEFAULT_DIAGNOSTICS`, those registered."""
+    registered = registry().names("diagnostic")
+    return tuple(n for n in DEFAULT_DIAGNOSTICS if n in registered)
 
 
 def _budget_factor(factor: float | None) -> float:
@@ -420,9 +431,8 @@ def _cost(name: str, diagnostic: AbstractDiagnostic, run_seconds: Mapping[str, f
     except Exception as e:  # noqa: BLE001 - a broken cost should not lose the run
         if strict:
             raise
-        warnings.warn(f"diagnostic {name!r}: its cost failed ({type(e).__name__}: "
-                      f"{_one_line(str(e))}); it is run as if its cost were 0", RunWarning,
-                      stacklevel=3)
+        warnings.warn(f"diagnostic {name!r}: its cost failed ({_error_line(e)}); it is run "
+                      f"as if its cost were 0", RunWarning, stacklevel=3)
         return 0.0
     return cost
 
@@ -436,7 +446,7 @@ def _run_diagnostics(names: Sequence[str] | None, sampler, target, samples,
     `metrics["diagnostics_skipped"]`."""
     registered = registry().entries["diagnostic"]
     chosen = {n: create("diagnostic", n) for n in
-              (DEFAULT_DIAGNOSTICS if names is None else names) if n in registered}
+              (default_diagnostics() if names is None else names) if n in registered}
     key = jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 1)
     run_seconds = {k: metrics[k] for k in ("train_seconds", "compile_seconds", "sample_seconds")}
     t0 = time.perf_counter()
@@ -641,7 +651,7 @@ def _diagnostic_objects(diagnostics: Sequence[str] | Mapping[str, Mapping[str, A
     """Each named diagnostic built with its options (checked, with "did you mean")."""
     reg = registry()
     if diagnostics is None:
-        diagnostics = [n for n in DEFAULT_DIAGNOSTICS if n in reg.names("diagnostic")]
+        diagnostics = default_diagnostics()
     if not isinstance(diagnostics, Mapping):
         diagnostics = {name: {} for name in diagnostics}
     entries = {name: reg.get("diagnostic", name) for name in diagnostics}  # names first

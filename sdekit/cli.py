@@ -25,15 +25,11 @@ from ._distributed import is_writer
 from ._errors import SdekitError
 from ._info import PLURALS, format_default, format_metric, info_report, parse_kind, plugins_report, run_rows
 from ._plugins import KINDS, PARTS
-from ._run import RunWarning, compose_config, default_directory
+from ._run import RunWarning, _one_line, compose_config, default_directory
 
 __all__ = ["cli", "main"]
 
 _EMPTY = inspect.Parameter.empty
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 class _Error(click.ClickException):
@@ -459,11 +455,9 @@ def diagnose(run_dir, names, sets) -> None:
       NAME.png          for each diagnostic that draws a figure of its results
     The keys are those of `sdekit sample`'s metrics (same seed, same values).
     """
-    reg = sdekit.registry()
-    names = tuple(dict.fromkeys(names)) or tuple(
-        n for n in _run.DEFAULT_DIAGNOSTICS if n in reg.names("diagnostic"))
+    names = tuple(dict.fromkeys(names)) or _run.default_diagnostics()
     for name in names:
-        reg.get("diagnostic", name)  # an unknown name fails before any work
+        sdekit.registry().get("diagnostic", name)  # an unknown name fails before any work
     options: dict[str, dict[str, Any]] = {name: {} for name in names}
     for text in sets:
         name, option, value = sdekit.parse_set(text, names)
