@@ -41,6 +41,11 @@ def _exact_target(target: AbstractTarget | None) -> bool:
     return target is not None and target.has_exact_samples
 
 
+def _has_paths_to_reverse(sampler: AbstractSampler | None, target: AbstractTarget | None) -> bool:
+    """Whether `eubo` applies: backward weights, and exact samples to start them from."""
+    return isinstance(sampler, AbstractPathSampler) and _exact_target(target)
+
+
 class Weights(AbstractDiagnostic):
     r"""Importance-weight metrics: `log_Z`, `elbo`, `ess`, `pareto_k`, `log_Z_error`, `n_nonfinite_weights`.
 
@@ -103,7 +108,7 @@ class Eubo(AbstractDiagnostic):
         samples: Samples | None = None,
     ) -> float:
         """The run's compilation and its sampling, scaled to `points` paths."""
-        if not (isinstance(sampler, AbstractPathSampler) and _exact_target(target)):
+        if not _has_paths_to_reverse(sampler, target):
             return 0.0
         m = self._points(samples)
         n = m if samples is None else samples.x.shape[0]
@@ -120,7 +125,7 @@ class Eubo(AbstractDiagnostic):
         sampler: AbstractSampler | None = None,
         samples: Samples | None = None,
     ) -> dict[str, float | int]:
-        if not (isinstance(sampler, AbstractPathSampler) and _exact_target(target)):
+        if not _has_paths_to_reverse(sampler, target):
             return {}
         k_x, k_path = jax.random.split(key)
         m = self._points(samples)
