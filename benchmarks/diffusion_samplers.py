@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sdekit
+from sdekit import metrics
 
 RESULTS = Path(__file__).parent / "results" / "diffusion_samplers.json"
 
@@ -171,15 +172,16 @@ def run_training_free(sampler_name: str, target_name: str, seed: int, n: int, bu
 
 def evaluate(key, target, sampler, samples) -> dict:
     """log Ẑ and its error, ELBO, ESS (when `samples` are weighted), the `sample-quality`
-    and `sinkhorn` metrics, and the EUBO (when the target has exact samples and `sampler` backward weights)."""
+    and `sinkhorn` metrics, and the EUBO (when the target has exact samples and `sampler`
+    backward weights), from `sdekit.metrics` and the registered diagnostics."""
     out = {}
     log_w, n = samples.log_weights, samples.x.shape[0]
     if log_w is not None:
-        out["log_Z"] = float(sdekit.log_Z_estimate(log_w))
+        out["log_Z"] = float(metrics.log_Z(log_w))
         out["log_Z_error"] = out["log_Z"] - target.log_Z
         out["n_nonfinite_weights"] = int(jnp.sum(~jnp.isfinite(log_w)))
-        out["elbo"] = float(jnp.mean(log_w))
-        out["ess"] = float(jnp.exp(2 * jax.nn.logsumexp(log_w) - jax.nn.logsumexp(2 * log_w)) / n)
+        out["elbo"] = float(metrics.elbo(log_w))
+        out["ess"] = float(metrics.ess(log_w))
     for name in ("sample-quality", "sinkhorn"):
         try:
             values = sdekit.create("diagnostic", name)(
@@ -190,7 +192,7 @@ def evaluate(key, target, sampler, samples) -> dict:
             out[f"{name.replace('-', '_')}_error"] = f"{type(e).__name__}: {e}"
     if target.has_exact_samples and isinstance(sampler, sdekit.AbstractPathSampler):
         x = target.sample(jax.random.fold_in(key, 3), n)
-        out["eubo"] = float(jnp.mean(sampler.backward_log_weights(jax.random.fold_in(key, 4), x)))
+        out["eubo"] = float(metrics.eubo(sampler.backward_log_weights(jax.random.fold_in(key, 4), x)))
     return out
 
 
